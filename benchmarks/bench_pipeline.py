@@ -1,0 +1,173 @@
+"""End-to-end latency of the embedded pipeline, per stage, on the shipped phone call.
+
+Replays tests/data/phone-call-2spk.wav at real-time pace (like a live source), N copies in
+parallel in one process (one session each), and prints end-of-speech -> event latency p50/p95
+split by stage (VAD hang-over, speaker attribution, ASR, queue, fusion, sink), speaker-turn
+agreement and WER against the call's reference (as the end-to-end test scores them), then the
+peak RSS of a separate `emomon run` process. Latency runs from the moment the end of speech
+was *played* (the real-time clock of the replay), so time spent in a backlog counts. Usage:
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--set S.F=V ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CALL = ROOT / "tests" / "data" / "phone-call-2spk.wav"
+STAGES = ("vad_hangover", "speaker", "asr", "queue", "fusion")
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")
+
+
+def overrides(sets: list[str]) -> dict:
+    """``--set section.field=value`` (JSON values) as a nested override dict."""
+    import json
+
+    out: dict = {}
+    for item in sets:
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+async def run_parallel(
+    n: int, transcriber, worker, speakers: str = "cluster", extra: dict | None = None
+) -> tuple[list, list[float]]:  # type: ignore[no-untyped-def]
+    from emomon.services.pipeline import Pipeline
+    from emomon.services.settings import load_settings
+    from emomon.streamer.sources.file import FileSource
+
+    ov: dict = {
+        "source": {"realtime": True},
+        "speakers": {"num_speakers": 2, "mode": speakers},
+    }
+    for section, fields in (extra or {}).items():
+        ov.setdefault(section, {}).update(fields)
+    settings = load_settings(overrides=ov, environ={})
+    p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
+    p.stats.events_list.clear()
+    sessions = [(f"call-{i + 1}", FileSource(CALL, realtime=True)) for i in range(n)]
+    stats = await p.run(sessions)
+    return stats.events_list, stats.sink_ms
+
+
+def quality(events: list) -> tuple[float, float]:  # type: ignore[type-arg]
+    """Mean over sessions of speaker-turn agreement with the RTTM and word error rate (STM),
+    scored as the end-to-end test does, so a faster setting shows what it costs."""
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.scoring import normalise, read_rttm, read_stm_words, speaker_agreement, wer
+
+    turns = read_rttm(CALL.with_suffix(".rttm"))
+    ref = read_stm_words(CALL.with_suffix(".stm"))
+    agree, errs = [], []
+    for session in sorted({e.session for e in events}):
+        evs = sorted((e for e in events if e.session == session), key=lambda e: e.start_s)
+        agree.append(speaker_agreement(turns, [(e.start_s, e.end_s, e.speaker) for e in evs]))
+        errs.append(wer(ref, [w for e in evs for w in normalise(e.text or "")]))
+    return float(np.mean(agree)), float(np.mean(errs))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 6])
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument(
+        "--speakers",
+        choices=["cluster", "channel"],
+        default="cluster",
+        help="cluster: find the two voices in the mono call (default); channel: treat the channel as one "
+        "person, as with RTP SSRCs or one mic per person (no turn detection)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="settings override, as for `emomon --set` (repeatable)",
+    )
+    args = ap.parse_args()
+    extra = overrides(args.sets)
+
+    from emomon.services.pipeline import shared_embedder, transcriber_config
+    from emomon.services.settings import load_settings
+    from emomon.services.worker import FusionWorker
+    from emomon.streamer.transcriber import Transcriber
+
+    base = load_settings(overrides=extra, environ={})
+    transcriber = Transcriber(transcriber_config(base))
+    worker = FusionWorker(base.worker)
+    shared_embedder()
+    print(
+        f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(
+        f"model: {worker.model.model_id}; ASR: {transcriber.model_id}; speakers: {args.speakers}; "
+        f"real-time pace; settings overrides: {extra or 'none'}\n"
+    )
+    header = "N  events  p50 ms  p95 ms  agree   WER  | p95 by stage (ms): " + " ".join(
+        f"{s:>12}" for s in (*STAGES, "sink")
+    )
+    print(header)
+    for n in args.parallel:
+        events, sink_ms = asyncio.run(run_parallel(n, transcriber, worker, args.speakers, extra))
+        lat = [e.latency_ms for e in events]
+        by = {s: [e.stage_ms.get(s, 0.0) for e in events] for s in STAGES}
+        stage_cols = (
+            " ".join(f"{pct(by[s], 95):12.0f}" for s in STAGES) + f" {pct(sink_ms, 95):12.2f}"
+        )
+        agree, err = quality(events)
+        print(
+            f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
+            f"  | {' ' * 19}{stage_cols}"
+        )
+        sys.stdout.flush()
+    transcriber.close()
+    worker.close()
+
+    if not args.no_rss:
+        t0 = time.time()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "emomon.services",
+                "run",
+                "--source",
+                f"file:{CALL}",
+                "--num-speakers",
+                "2",
+                "--no-console",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            f"\npeak RSS of `emomon run` on the call (fast replay): {rss_mb:.0f} MiB ({time.time() - t0:.1f} s wall)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

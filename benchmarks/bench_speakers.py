@@ -1,0 +1,111 @@
+"""Cost and quality of speaker attribution on the shipped phone call (no ASR, no fusion).
+
+Part 1: CAM++ milliseconds per call (one 0.5 s window) with 1 and 2 PyTorch intra-op threads,
+called from the main thread and from a worker thread, as the pipeline calls it.
+Part 2: VAD + turn detection over the call, as fast as it decodes, per detector setting:
+wall time, number of segments, agreement with the RTTM, and how long after a turn change
+(or end of speech) each segment was closed (p50/p95, stream time). Usage:
+
+    .venv/bin/python benchmarks/bench_speakers.py [--settings '{}' '{"change_window_s": 0.6}']
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CALL = ROOT / "tests" / "data" / "phone-call-2spk.wav"
+
+
+def embed_cost(repeats: int = 60) -> None:
+    import torch
+
+    from emomon.services.pipeline import shared_embedder
+
+    emb = shared_embedder()
+    x = [np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)]
+
+    async def from_thread() -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            await asyncio.to_thread(emb.embed, x)
+        return (time.perf_counter() - t0) / repeats
+
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        emb.embed(x)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            emb.embed(x)
+        main = (time.perf_counter() - t0) / repeats
+        worker = asyncio.run(from_thread())
+        print(
+            f"CAM++ 0.5 s window, {threads} torch thread(s): main thread {main * 1000:.1f} ms, "
+            f"worker thread {worker * 1000:.1f} ms per call"
+        )
+
+
+async def turns(over: dict) -> str:
+    sys.path.insert(0, str(ROOT))
+    from emomon.services.pipeline import PipelineStats, SpeakerStage, segmenter_config, speech
+    from emomon.services.settings import load_settings
+    from emomon.streamer.segmenter import Segmenter
+    from emomon.streamer.sources.file import FileSource
+    from tests.helpers.scoring import read_rttm, speaker_agreement
+
+    s = load_settings(
+        overrides={"speakers": {"num_speakers": 2, "mode": "cluster", **over}}, environ={}
+    )
+    src = FileSource(CALL)
+    stage = SpeakerStage(s, src)
+    out = []
+    t0 = time.perf_counter()
+    async for seg, who, _prov, _dt in speech(
+        src.chunks(), Segmenter(segmenter_config(s)), stage, PipelineStats()
+    ):
+        out.append((seg.start_s, seg.end_s, who, seg.hangover_s))
+    wall = time.perf_counter() - t0
+    agree = speaker_agreement(
+        read_rttm(CALL.with_suffix(".rttm")), [(a, b, w) for a, b, w, _ in out]
+    )
+    late = [h for *_, h in out]
+    return (
+        f"{json.dumps(over):<40} {wall:6.1f} s {len(out):5d}  {agree:6.3f}  "
+        f"{np.percentile(late, 50):5.2f} / {np.percentile(late, 95):5.2f} s"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=['{"change_window_s": 0}', '{"change_window_s": 0.6}'],
+        help="speakers.* overrides as JSON, one detector setting each",
+    )
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs\n")
+    embed_cost()
+    from emomon.services.worker import set_torch_threads
+
+    set_torch_threads(1)
+    print(
+        f"\n{'speakers.* overrides':<40} {'wall':>8} {'segs':>5}  {'agree':>6}  closed after change p50 / p95"
+    )
+    for item in args.settings:
+        print(asyncio.run(turns(json.loads(item))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""Command lines: ``train``, ``evaluate`` and ``bench-model`` (issue #2, item 6).
+
+The lead wires these as ``emomon train|evaluate|bench-model``; until then:
+``python -m emomon.model.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cache import DEFAULT_CACHE_DIR
+from .config import VARIANTS, ModelConfig, field_names, variant_config
+from .datasets import (
+    Sample,
+    load_iemocap,
+    load_manifest,
+    load_meld,
+    load_ravdess,
+    load_tess,
+    parse_actor_range,
+)
+from .errors import ConfigError, ModelError
+
+SHARED = Path("/work/shared/data")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--meld-dir", default=str(SHARED / "meld"), help="folder with MELD's *_sent_emo.csv"
+    )
+    g.add_argument(
+        "--meld-audio-dir", default=None, help="MELD.Raw folder with dia{D}_utt{U}.mp4|wav|flac"
+    )
+    g.add_argument("--ravdess-dir", default=str(SHARED / "ravdess"))
+    g.add_argument("--tess-dir", default=str(SHARED / "tess"))
+    g.add_argument("--iemocap-dir", default=None, help="IEMOCAP_full_release (or its parent)")
+    g.add_argument("--manifest", default=None, help="JSONL/CSV manifest (text, audio, label)")
+    g.add_argument(
+        "--cache-dir", default=str(DEFAULT_CACHE_DIR), help="where frozen features are cached"
+    )
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def _config_from_args(args: argparse.Namespace) -> ModelConfig:
+    overrides: dict[str, Any] = {}
+    if args.config_json:
+        overrides.update(json.loads(Path(args.config_json).read_text()))
+    for kv in args.set or []:
+        k, sep, v = kv.partition("=")
+        if not sep or k not in field_names():
+            raise ConfigError(f"--set {kv!r}: use FIELD=VALUE with FIELD one of {field_names()}")
+        overrides[k] = _parse_value(v)
+    for k in ("labels", "modalities", "mel_patch"):
+        if k in overrides and isinstance(overrides[k], list):
+            overrides[k] = tuple(overrides[k])
+    return variant_config(args.variant, **overrides)
+
+
+def _sessions(spec: str) -> list[int]:
+    return parse_actor_range(spec)
+
+
+def _load(
+    name: str, args: argparse.Namespace, part: str, labels: tuple[str, ...], ctx: int
+) -> list[Sample]:
+    """Samples of corpus ``name`` for ``part`` (train | dev | test) per the split flags."""
+    if name == "meld":
+        split = (
+            {"train": "train", "dev": "dev", "test": "test"}[part]
+            if not getattr(args, "split", None)
+            else args.split
+        )
+        return load_meld(args.meld_dir, split, args.meld_audio_dir, labels, ctx)
+    if name == "ravdess":
+        actors = {"train": args.train_actors, "dev": args.dev_actors, "test": args.test_actors}[
+            part
+        ]
+        return load_ravdess(args.ravdess_dir, parse_actor_range(actors), labels) if actors else []
+    if name == "tess":
+        if not (part == "train" or getattr(args, "tess_eval", False)):
+            return []
+        tess = load_tess(args.tess_dir, labels)
+        limit = getattr(args, "tess_max", 0)
+        if limit and limit < len(tess):
+            import numpy as np
+
+            order = np.random.default_rng(0).permutation(len(tess))[
+                :limit
+            ]  # seeded, class-mixed subset
+            tess = [tess[i] for i in sorted(order)]
+        return tess
+    if name == "iemocap":
+        if not args.iemocap_dir:
+            raise ConfigError("--data iemocap needs --iemocap-dir")
+        sess = {"train": args.train_sessions, "dev": args.dev_sessions, "test": args.test_sessions}[
+            part
+        ]
+        return load_iemocap(args.iemocap_dir, _sessions(sess), labels, ctx) if sess else []
+    if name == "manifest":
+        if not args.manifest:
+            raise ConfigError("--data manifest needs --manifest")
+        return load_manifest(args.manifest, labels) if part in ("train", "test") else []
+    raise ConfigError(f"unknown dataset {name!r}; use meld, ravdess, tess, iemocap, manifest")
+
+
+def _split_args(p: argparse.ArgumentParser, train: bool) -> None:
+    g = p.add_argument_group("splits")
+    g.add_argument(
+        "--train-actors", default="1-16" if train else "", help="RAVDESS actors for training"
+    )
+    g.add_argument(
+        "--dev-actors", default="17-18" if train else "", help="RAVDESS actors for early stopping"
+    )
+    g.add_argument(
+        "--test-actors", default="" if train else "19-24", help="RAVDESS held-out actors"
+    )
+    g.add_argument("--train-sessions", default="1-3", help="IEMOCAP sessions for training")
+    g.add_argument("--dev-sessions", default="4", help="IEMOCAP sessions for early stopping")
+    g.add_argument("--test-sessions", default="5", help="IEMOCAP sessions for testing")
+
+
+# ----------------------------------------------------------------------------- train
+def train_main(argv: list[str]) -> int:
+    """``emomon train``: cache frozen features, train, keep the best checkpoint."""
+    from .train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="emomon train", description=train_main.__doc__)
+    p.add_argument(
+        "--data", default="meld,ravdess,tess", help="comma list: meld,ravdess,tess,iemocap,manifest"
+    )
+    p.add_argument("--variant", default="full", choices=sorted(VARIANTS))
+    p.add_argument("--config-json", default=None, help="JSON file of ModelConfig overrides")
+    p.add_argument("--set", action="append", help="FIELD=VALUE ModelConfig override (repeatable)")
+    p.add_argument(
+        "--out", required=True, help="run folder (best/ = checkpoint, last.pt = resume state)"
+    )
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument(
+        "--meld-train-fraction",
+        type=float,
+        default=1.0,
+        help="cheap runs: use a fraction of MELD train",
+    )
+    p.add_argument(
+        "--tess-max",
+        type=int,
+        default=0,
+        help="use a seeded random subset of this many TESS clips (0 = all)",
+    )
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    _add_data_args(p)
+    _split_args(p, train=True)
+    args = p.parse_args(argv)
+    try:
+        return _train(args)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .features import FeatureStore, TextFrontEnd
+    from .train import TrainConfig, encode_samples, train
+
+    cfg = _config_from_args(args)
+    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    names = [n.strip() for n in args.data.split(",") if n.strip()]
+    train_s: list[Sample] = []
+    dev_s: list[Sample] = []
+    for n in names:
+        tr = _load(n, args, "train", cfg.labels, cfg.context_turns)
+        if n == "meld" and args.meld_train_fraction < 1.0:
+            rng = np.random.default_rng(tc.seed)
+            tr = [
+                tr[i]
+                for i in sorted(
+                    rng.choice(len(tr), int(len(tr) * args.meld_train_fraction), replace=False)
+                )
+            ]
+        train_s += tr
+        dev_s += _load(n, args, "dev", cfg.labels, cfg.context_turns)
+    if not train_s or not dev_s:
+        raise ConfigError("no training or no dev samples; check --data and the split flags")
+    print(f"train {len(train_s)} / dev {len(dev_s)} samples; variant {args.variant}", flush=True)
+    text_fe = TextFrontEnd(cfg) if cfg.uses_text else None
+    store = FeatureStore(cfg, args.cache_dir, text_fe)
+    tr_enc = encode_samples(train_s, store, cfg.labels)
+    dev_enc = encode_samples(dev_s, store, cfg.labels)
+    meta = {
+        "command": "emomon train "
+        + " ".join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
+        "data": names,
+        "n_train": len(train_s),
+        "n_dev": len(dev_s),
+        "ravdess_train_actors": args.train_actors if "ravdess" in names else None,
+        "ravdess_dev_actors": args.dev_actors if "ravdess" in names else None,
+    }
+    state = train(
+        cfg, tc, tr_enc, dev_enc, text_fe, args.out, resume=not args.no_resume, extra_meta=meta
+    )
+    print(
+        json.dumps(
+            {
+                "best_dev_score": state["best"],
+                "epochs": state["epoch"],
+                "out": str(Path(args.out) / "best"),
+            }
+        )
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------- evaluate
+def evaluate_main(argv: list[str]) -> int:
+    """``emomon evaluate``: accuracy, weighted F1, per-class F1, confusion-matrix PNG."""
+    p = argparse.ArgumentParser(prog="emomon evaluate", description=evaluate_main.__doc__)
+    p.add_argument(
+        "--checkpoint", default=None, help="checkpoint folder (default: the shipped one)"
+    )
+    p.add_argument("--data", required=True, help="meld | ravdess | tess | iemocap | manifest")
+    p.add_argument("--split", default="test", help="MELD split: train | dev | test")
+    p.add_argument("--tess-eval", action="store_true", help="evaluate on all of TESS")
+    p.add_argument("--modalities", default="text,audio", help="use only these inputs (e.g. text)")
+    p.add_argument("--out-json", default=None)
+    p.add_argument("--out-png", default=None)
+    p.add_argument("--title", default=None)
+    p.add_argument(
+        "--quantize", default="auto", choices=["auto", "int8", "none"], help="as EmotionModel.load"
+    )
+    _add_data_args(p)
+    _split_args(p, train=False)
+    args = p.parse_args(argv)
+    try:
+        return _evaluate(args)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def evaluate_samples(
+    model: Any, samples: list[Sample], cache_dir: str, modalities: set[str]
+) -> dict[str, Any]:
+    """Evaluate an :class:`EmotionModel` on samples through the feature cache."""
+    import dataclasses as dc
+
+    import numpy as np
+
+    from .features import FeatureStore
+    from .metrics import classification_report
+    from .train import encode_samples, predict_encoded
+
+    cfg = model.cfg
+    if "audio" not in modalities:
+        samples = [dc.replace(s, audio_path=None) for s in samples]
+    if "text" not in modalities:
+        samples = [dc.replace(s, text=None) for s in samples]
+    store = FeatureStore(cfg, cache_dir, model.text_fe)
+    enc = encode_samples(samples, store, cfg.labels)
+    audio_dim = cfg.whisper_dim if cfg.audio_frontend == "whisper" else cfg.mel_bins
+    probs = predict_encoded(model.net, enc, model.net.text_dim, audio_dim)
+    y = np.array([e.label for e in enc])
+    rep = classification_report(y, probs.argmax(1), cfg.labels)
+    rep["modalities_used"] = {
+        "text": int(sum(e.text is not None for e in enc)),
+        "audio": int(sum(e.audio is not None for e in enc)),
+    }
+    return rep
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .inference import EmotionModel
+    from .metrics import plot_confusion
+
+    model = EmotionModel.load(args.checkpoint, device="cpu", quantize=args.quantize)
+    samples = _load(args.data, args, "test", model.labels, model.cfg.context_turns)
+    if not samples:
+        raise ConfigError("no samples selected; check --test-actors / --test-sessions / --split")
+    rep = evaluate_samples(model, samples, args.cache_dir, set(args.modalities.split(",")))
+    rep.update(
+        model_id=model.model_id,
+        int8_dynamic_quantization=model.quantized,
+        checkpoint=str(args.checkpoint or "shipped default"),
+        data=args.data,
+        split=args.split
+        if args.data == "meld"
+        else (args.test_actors if args.data == "ravdess" else None),
+        command="emomon evaluate "
+        + " ".join(sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]),
+    )
+    print(json.dumps({k: v for k, v in rep.items() if k != "confusion"}, indent=2))
+    if args.out_json:
+        Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_json).write_text(json.dumps(rep, indent=2) + "\n")
+    if args.out_png:
+        title = (
+            args.title
+            or f"{args.data} {rep['split'] or ''}: acc {rep['accuracy']} / W-F1 {rep['weighted_f1']}"
+        )
+        plot_confusion(rep, model.labels, args.out_png, title)
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def bench_main(argv: list[str]) -> int:
+    """``emomon bench-model``: parameters, checkpoint size, CPU latency and throughput."""
+    p = argparse.ArgumentParser(prog="emomon bench-model", description=bench_main.__doc__)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument(
+        "--audio-s", type=float, default=3.0, help="utterance length for the audio input"
+    )
+    p.add_argument(
+        "--raw-audio", action="store_true", help="give PCM instead of precomputed Whisper frames"
+    )
+    p.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"])
+    p.add_argument("--out-json", default=None)
+    args = p.parse_args(argv)
+    try:
+        return _bench(args)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import DEFAULT_CHECKPOINT
+    from .inference import EmotionInput, EmotionModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = EmotionModel.load(args.checkpoint, device=args.device, quantize=args.quantize)
+    load_s = time.perf_counter() - t0
+    ck = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    size = sum(f.stat().st_size for f in ck.iterdir() if f.is_file())
+    rng = np.random.default_rng(0)
+    texts = [
+        "I can't believe you did that!",
+        "Okay, fine, whatever you say.",
+        "Oh my God, that's amazing news!",
+        "Please leave me alone right now.",
+        "So what are we going to do about the apartment?",
+    ]
+    n_frames = int(args.audio_s * 50)
+
+    def make(i: int) -> EmotionInput:
+        if args.raw_audio:
+            return EmotionInput(
+                texts[i % len(texts)],
+                audio=(0.1 * rng.standard_normal(int(args.audio_s * 16000))).astype(np.float32),
+            )
+        frames = rng.standard_normal((n_frames, model.cfg.whisper_dim)).astype(np.float32)
+        return EmotionInput(
+            texts[i % len(texts)],
+            whisper_frames=frames if model.audio_frontend == "whisper" else None,
+            audio=None
+            if model.audio_frontend == "whisper"
+            else (0.1 * rng.standard_normal(int(args.audio_s * 16000))).astype(np.float32),
+        )
+
+    one = [make(0)]
+    many = [make(i) for i in range(32)]
+    for _ in range(5):
+        model.predict(one)
+    lat = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        model.predict(one)
+        lat.append(time.perf_counter() - t)
+    model.predict(many)
+    reps = max(3, args.repeats // 5)
+    t = time.perf_counter()
+    for _ in range(reps):
+        model.predict(many)
+    thr = 32 * reps / (time.perf_counter() - t)
+    trainable = model.param_counts.get("network_trained", 0)
+    frozen = model.param_counts.get("text_encoder_frozen", 0)
+    res = {
+        "model_id": model.model_id,
+        "device": str(model.device),
+        "torch_threads": torch.get_num_threads(),
+        "int8_dynamic_quantization": model.quantized,
+        "load_s": round(load_s, 2),
+        "params_trainable_stored": trainable,
+        "params_frozen_text_encoder_used": frozen,
+        "checkpoint_bytes": size,
+        "latency_ms_batch1_median": round(1000 * float(np.median(lat)), 2),
+        "latency_ms_batch1_p90": round(1000 * float(np.percentile(lat, 90)), 2),
+        "throughput_utt_per_s_batch32": round(thr, 1),
+        "audio_s": args.audio_s,
+        "input": "PCM (Whisper encoder included)"
+        if args.raw_audio
+        else "text + precomputed Whisper frames (ASR pass excluded)",
+    }
+    print(json.dumps(res, indent=2))
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+COMMANDS = {"train": train_main, "evaluate": evaluate_main, "bench-model": bench_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m emomon.model.cli {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

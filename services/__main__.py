@@ -1,0 +1,5 @@
+"""``python -m emomon.services`` = the ``emomon`` command."""
+
+from emomon.services.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,28 @@
+"""``emomon config show``: print the effective settings (after TOML, env and flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from emomon.services.cli import settings_from_args
+
+
+def register(
+    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    p = sub.add_parser("config", help="show the effective configuration")
+    csub = p.add_subparsers(dest="config_cmd", metavar="ACTION")
+    show = csub.add_parser(
+        "show", help="print the effective settings as JSON (or TOML-like with --toml)"
+    )
+    add_common(show)
+    show.set_defaults(func=_show)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _show(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    print(json.dumps(settings.dump(), indent=2, sort_keys=False))
+    return 0

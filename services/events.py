@@ -1,0 +1,106 @@
+"""``EmotionEvent``: what emomon publishes, one per utterance per speaker (schema v1).
+
+The JSON Schema of the published form lives in ``services/schemas/emotion_event.v1.json``; a
+test validates real events against it. Additive changes keep the version; breaking ones bump it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+EVENT_SCHEMA_VERSION = 1
+
+
+def event_id_for(utterance_id: str) -> str:
+    """Stable event id derived from the utterance id, so consumers can drop redelivered duplicates."""
+    return "ev-" + hashlib.sha1(utterance_id.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionEvent:
+    session: str
+    speaker: str
+    utterance_id: str
+    channel: str
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    modalities: tuple[str, ...]
+    model_id: str
+    latency_ms: float  # end of speech -> event handed to the sinks
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    text: str | None = None  # None when text is withheld (--no-text)
+    language: str | None = None
+    speaker_provisional: bool = False
+    emitted_at: str = field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
+    )
+    schema_version: int = EVENT_SCHEMA_VERSION
+
+    @property
+    def event_id(self) -> str:
+        return event_id_for(self.utterance_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "event_id": self.event_id,
+            "session": self.session,
+            "speaker": self.speaker,
+            "speaker_provisional": self.speaker_provisional,
+            "utterance_id": self.utterance_id,
+            "channel": self.channel,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "label": self.label,
+            "confidence": round(self.confidence, 4),
+            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
+            "modalities": list(self.modalities),
+            "model_id": self.model_id,
+            "latency_ms": round(self.latency_ms, 1),
+            "stage_ms": {k: round(v, 1) for k, v in self.stage_ms.items()},
+            "emitted_at": self.emitted_at,
+        }
+        if self.text is not None:
+            d["text"] = self.text
+        if self.language is not None:
+            d["language"] = self.language
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EmotionEvent:
+        return cls(
+            session=d["session"],
+            speaker=d["speaker"],
+            utterance_id=d["utterance_id"],
+            channel=d["channel"],
+            start_s=d["start_s"],
+            end_s=d["end_s"],
+            label=d["label"],
+            confidence=d["confidence"],
+            probabilities=dict(d["probabilities"]),
+            modalities=tuple(d["modalities"]),
+            model_id=d["model_id"],
+            latency_ms=d["latency_ms"],
+            stage_ms=dict(d.get("stage_ms", {})),
+            text=d.get("text"),
+            language=d.get("language"),
+            speaker_provisional=d.get("speaker_provisional", False),
+            emitted_at=d["emitted_at"],
+            schema_version=d["schema_version"],
+        )
+
+
+def load_schema(name: str = "emotion_event.v1.json") -> dict[str, Any]:
+    """Load one of the published JSON Schemas shipped in ``emomon.services.schemas``."""
+    return json.loads(resources.files("emomon.services.schemas").joinpath(name).read_text())

@@ -1,0 +1,96 @@
+"""Home Assistant MQTT discovery for emomon's per-speaker emotion sensors (issue #5).
+
+Why: Home Assistant creates an entity by itself when a retained JSON *config* message appears on
+``{ha_prefix}/sensor/{object_id}/config``. emomon announces one ``sensor`` per (session, speaker):
+its state is the speaker's current emotion label, its attributes the whole latest event, and it
+is shown as unavailable while ``{prefix}/status`` says ``offline`` (emomon's last will).
+Home Assistant publishes ``online`` on ``{ha_prefix}/status`` when it (re)starts; the sink then
+announces every known speaker again, as the HA docs ask of discovery publishers.
+
+Reference: https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery and
+https://www.home-assistant.io/integrations/sensor.mqtt/ .
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from typing import Any
+
+from emomon.services.events import load_schema
+
+_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def object_id(session: str, speaker: str) -> str:
+    """``emomon_{session}_{speaker}`` restricted to what HA allows in an object id ([A-Za-z0-9_-])."""
+    return _SLUG_UNSAFE.sub("_", f"emomon_{session}_{speaker}")
+
+
+def device_id(session: str) -> str:
+    """One HA device per session, so a session's speakers are grouped together."""
+    return _SLUG_UNSAFE.sub("_", f"emomon_{session}")
+
+
+def emotion_labels() -> list[str]:
+    """The labels an event may carry, from schema v1, so HA's ``enum`` sensor lists exactly those."""
+    schema = load_schema()
+    return list(schema["properties"]["label"]["enum"])
+
+
+def _version() -> str:
+    try:
+        return metadata.version("emomon")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def sensor_config(
+    *,
+    session: str,
+    speaker: str,
+    state_topic: str,
+    status_topic: str,
+    qos: int,
+) -> dict[str, Any]:
+    """The discovery payload of one speaker's emotion sensor.
+
+    ``value_template`` picks the label out of the state payload (the full event JSON) and
+    ``json_attributes_topic`` exposes the rest (confidence, probabilities, text, ...) as attributes.
+    ``device_class: enum`` with ``options`` lets HA offer the label in automations' drop-downs.
+    No ``object_id``: recent HA releases deprecate it; the entity id follows from device and name.
+
+    Args:
+        session: the raw session id (shown in the device name).
+        speaker: the raw speaker label (shown in the entity name).
+        state_topic: ``{prefix}/{session}/{speaker}/state`` (already sanitised).
+        status_topic: ``{prefix}/status`` carrying ``online`` / ``offline``.
+        qos: the QoS HA should subscribe with.
+    """
+    oid = object_id(session, speaker)
+    return {
+        "name": f"{speaker} emotion",
+        "unique_id": oid,
+        "state_topic": state_topic,
+        "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": state_topic,
+        "device_class": "enum",
+        "options": emotion_labels(),
+        "icon": "mdi:emoticon-outline",
+        "qos": qos,
+        "availability": [
+            {
+                "topic": status_topic,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ],
+        "device": {
+            "identifiers": [device_id(session)],
+            "name": f"emomon {session}",
+            "manufacturer": "emomon",
+            "model": "conversation emotion monitor",
+            "sw_version": _version(),
+        },
+        "origin": {"name": "emomon", "sw_version": _version()},
+    }

@@ -1,0 +1,273 @@
+"""One typed, validated settings object for every emomon command.
+
+Precedence (lowest to highest): field defaults < TOML file (``--config FILE`` or
+``EMOMON_CONFIG``) < environment variables ``EMOMON_<SECTION>__<FIELD>`` (e.g.
+``EMOMON_VAD__AGGRESSIVENESS=3``) < command-line flags. Validation happens once, at start; an
+invalid value raises :class:`SettingsError` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "EMOMON_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VadSettings(_Section):
+    frame_ms: Literal[10, 20, 30] = 30
+    aggressiveness: int = Field(3, ge=0, le=3)
+    preroll_ms: int = Field(300, ge=0, le=2000, description="audio kept before speech onset")
+    hangover_ms: int = Field(300, ge=30, le=5000, description="silence that ends an utterance")
+    min_speech_ms: int = Field(250, ge=0, le=5000, description="shorter bursts are dropped")
+    max_utterance_s: float = Field(15.0, gt=1.0, le=30.0, description="longer speech is split")
+
+    @model_validator(mode="after")
+    def _hangover_multiple(self) -> VadSettings:
+        if self.hangover_ms < self.frame_ms:
+            raise ValueError(
+                f"hangover_ms ({self.hangover_ms}) must be at least frame_ms ({self.frame_ms})"
+            )
+        return self
+
+
+class SpeakerSettings(_Section):
+    mode: Literal["auto", "channel", "cluster"] = Field(
+        "auto", description="auto: cluster only channels that may carry several people"
+    )
+    num_speakers: int | None = Field(
+        None, ge=1, le=64, description="known number of people (e.g. 2 on a phone call)"
+    )
+    max_speakers: int = Field(8, ge=1, le=64)
+    similarity_threshold: float = Field(
+        0.65,
+        gt=0.0,
+        lt=1.0,
+        description="merge speaker clusters whose centroids are this similar (cosine)",
+    )
+    window_s: float = Field(1.2, ge=0.5, le=4.0, description="speaker-embedding window")
+    hop_s: float = Field(0.25, ge=0.1, le=2.0, description="how often a long window is embedded")
+    confirm: int = Field(
+        2, ge=1, le=10, description="long windows in a row that must name the new speaker"
+    )
+    change_window_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="short window compared with the known voices to find turn changes sooner "
+        "(0 = off; 0.6 with change_confirm=2 is the measured low-latency setting, README)",
+    )
+    change_hop_s: float = Field(
+        0.1, ge=0.02, le=1.0, description="how often a short window is checked"
+    )
+    change_confirm: int = Field(2, ge=1, le=20, description="short windows in a row for a change")
+    change_margin: float = Field(
+        0.05, ge=0.0, le=1.0, description="cosine lead of the new voice over the current one"
+    )
+    provisional_s: float = Field(
+        4.0, ge=0.0, le=120.0, description="speech heard before a label is final"
+    )
+
+
+class AsrSettings(_Section):
+    model: str = Field(
+        "tiny.en", description="'tiny.en' (shipped, offline) or any faster-whisper name/path"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(1, ge=1, le=10)
+    language: str | None = "en"
+    cpu_threads: int = Field(0, ge=0, le=256, description="0 = CTranslate2 default")
+    workers: int = Field(1, ge=1, le=16, description="parallel transcriptions")
+
+
+class WorkerSettings(_Section):
+    checkpoint: str | None = Field(
+        None, description="emotion checkpoint dir; None = the shipped one"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: int = Field(5, ge=0, le=10_000)
+    queue_size: int = Field(256, ge=1, le=1_000_000, description="in-process queue bound")
+    include_text: bool = Field(True, description="put transcripts in events (--no-text turns off)")
+    use_audio: bool = True
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="PyTorch intra-op threads of this process (fusion model, speaker embeddings); "
+        "0 = PyTorch's default. 1 keeps small CPUs free for the other stages and sessions",
+    )
+    use_text: bool = True
+
+
+class ConsoleSinkSettings(_Section):
+    enabled: bool = True
+    color: Literal["auto", "always", "never"] = "auto"
+
+
+class JsonlSinkSettings(_Section):
+    path: str | None = None
+
+
+class MqttSettings(_Section):
+    url: str | None = Field(None, description="mqtt[s]://user:pass@host:port")
+    client_id: str | None = None
+    topic_prefix: str = "emomon"
+    qos: int = Field(1, ge=0, le=2)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    outbox_size: int = Field(10_000, ge=1, le=10_000_000)
+    wait_for_broker: bool = Field(False, description="retry at start instead of failing fast")
+    ha_discovery: bool = False
+    ha_prefix: str = "homeassistant"
+    embedded_broker: bool = False
+    embedded_port: int = Field(1883, ge=0, le=65535)
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        return v
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str = "emomon:utterances"
+    group: str = "emomon-workers"
+    consumer: str | None = None
+    dead_letter_stream: str = "emomon:dead"
+    maxlen: int = Field(10_000, ge=100, description="approximate stream bound (XADD MAXLEN ~)")
+    buffer_size: int = Field(1_000, ge=1, description="streamer's local buffer while Redis is away")
+    claim_idle_ms: int = Field(30_000, ge=100)
+    max_deliveries: int = Field(5, ge=1)
+    context_ttl_s: int = Field(3_600, ge=1)
+
+
+class SourceSettings(_Section):
+    realtime: bool = Field(False, description="pace file input like a live source")
+    session: str | None = Field(None, description="session id; default derived from the source")
+    rtp_idle_timeout_s: float = Field(5.0, gt=0)
+    rtp_jitter_ms: int = Field(60, ge=0, le=2000)
+    rtp_max_streams: int = Field(64, ge=1)
+    rtp_allow: tuple[str, ...] = ()
+    rtp_payload_types: dict[int, str] = Field(
+        default_factory=dict, description="PT -> 'L16/16000/1'"
+    )
+    rtp_ssrc_names: dict[str, str] = Field(default_factory=dict)
+    rtp_sdp: str | None = Field(
+        None, description="SDP file with a=rtpmap lines for dynamic payload types"
+    )
+    rtp_exit_when_idle_s: float | None = Field(
+        None, gt=0, description="end the run when no stream is active this long"
+    )
+    mic_channels: int | None = Field(None, ge=1, le=64)
+    mic_samplerate: int | None = Field(None, ge=8000, le=192000)
+
+
+class MetricsSettings(_Section):
+    port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics and /healthz")
+
+
+class Settings(_Section):
+    source: SourceSettings = SourceSettings()
+    vad: VadSettings = VadSettings()
+    speakers: SpeakerSettings = SpeakerSettings()
+    asr: AsrSettings = AsrSettings()
+    worker: WorkerSettings = WorkerSettings()
+    console: ConsoleSinkSettings = ConsoleSinkSettings()
+    jsonl: JsonlSinkSettings = JsonlSinkSettings()
+    mqtt: MqttSettings = MqttSettings()
+    redis: RedisSettings = RedisSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    drain_timeout_s: float = Field(10.0, ge=0, le=600)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        value: Any = raw
+        # JSON-looking values (numbers, booleans, lists, objects) are parsed; the rest stay strings.
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(raw)
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer
+
+
+def _format_error(e: ValidationError, origin: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+        got = err.get("input")
+        lines.append(f"setting '{loc}' (env {env}): {err['msg']} (got {got!r})")
+    return f"invalid configuration ({origin}): " + "; ".join(lines)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings: defaults < TOML < env < ``overrides`` (nested dict from CLI flags)."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    origins = ["defaults"]
+    if config_file:
+        p = Path(config_file)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as e:
+            raise SettingsError(f"config file not found: {p}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise SettingsError(f"config file {p} is not valid TOML: {e}") from e
+        origins.append(str(p))
+    env = _env_layer(environ)
+    if env:
+        data = _deep_merge(data, env)
+        origins.append("environment")
+    if overrides:
+        data = _deep_merge(data, overrides)
+        origins.append("command line")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise SettingsError(_format_error(e, " < ".join(origins))) from e

@@ -1,0 +1,142 @@
+"""The fusion worker: utterances in, one ``EmotionEvent`` per utterance out.
+
+It loads the emotion checkpoint once, classifies what is waiting as one batch (the model runs
+in a worker thread, never on the event loop), and hands events to the sinks. Used by the
+embedded pipeline (in-process queue) and by ``emomon worker`` (Redis Streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from emomon.services.events import EmotionEvent
+from emomon.services.publish.base import Sink
+from emomon.services.settings import WorkerSettings
+from emomon.streamer.utterance import Utterance
+
+log = logging.getLogger(__name__)
+
+
+class EmotionClassifier(Protocol):
+    """What the worker needs of ``emomon.model.EmotionModel``."""
+
+    labels: tuple[str, ...]
+    model_id: str
+
+    def predict(self, batch: Sequence[Any]) -> list[Any]: ...
+
+
+class WorkerError(RuntimeError):
+    """The fusion worker cannot start (e.g. the emotion checkpoint cannot be loaded)."""
+
+
+def set_torch_threads(n: int) -> None:
+    """Process-wide PyTorch intra-op threads (0 = leave PyTorch's default).
+
+    The pipeline runs small models (CAM++, the fusion network) from worker threads next to
+    CTranslate2's ASR; on a small CPU, several intra-op threads per call oversubscribe the cores
+    (measured: CAM++ 25 ms per call with 1 thread, 61-75 ms with 2 when called off the main
+    thread while the other core is busy).
+    """
+    if n > 0:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def load_model(settings: WorkerSettings) -> EmotionClassifier:
+    from emomon.model import EmotionModel, ModelError
+
+    try:
+        return EmotionModel.load(settings.checkpoint, device=settings.device)
+    except (ModelError, OSError) as e:
+        where = settings.checkpoint or "the shipped checkpoint"
+        raise WorkerError(f"cannot load the emotion model from {where}: {e}") from e
+
+
+class FusionWorker:
+    """Classifies batches of utterances and publishes the events."""
+
+    def __init__(self, settings: WorkerSettings, model: EmotionClassifier | None = None):
+        self.settings = settings
+        set_torch_threads(settings.torch_threads)
+        self.model = model if model is not None else load_model(settings)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusion")
+        self.batches = 0
+        self.events = 0
+        self.sink_errors = 0
+
+    def _inputs(self, utts: Sequence[Utterance]) -> list[Any]:
+        from emomon.model import EmotionInput
+
+        out = []
+        for u in utts:
+            text = u.text if self.settings.use_text and u.text.strip() else None
+            audio = u.audio_float32() if self.settings.use_audio and u.pcm.size else None
+            frames = u.whisper_frames if audio is not None else None
+            out.append(EmotionInput(text=text, audio=audio, whisper_frames=frames))
+        return out
+
+    def classify_sync(self, utts: Sequence[Utterance]) -> list[EmotionEvent]:
+        if not utts:
+            return []
+        t0 = time.perf_counter()
+        preds = self.model.predict(self._inputs(utts))
+        fusion_s = time.perf_counter() - t0
+        now = time.time()
+        events = []
+        for u, p in zip(utts, preds, strict=True):
+            stages = {k: v * 1000 for k, v in u.timings.items()}
+            stages["fusion"] = fusion_s * 1000
+            latency_ms = (now - u.end_wall) * 1000
+            events.append(
+                EmotionEvent(
+                    session=u.session,
+                    speaker=u.speaker,
+                    utterance_id=u.utterance_id,
+                    channel=u.channel,
+                    start_s=u.start_s,
+                    end_s=u.end_s,
+                    label=p.label,
+                    confidence=float(p.confidence),
+                    probabilities={k: float(v) for k, v in p.probabilities.items()},
+                    modalities=tuple(p.modalities),
+                    model_id=self.model.model_id,
+                    latency_ms=max(0.0, latency_ms),
+                    stage_ms=stages,
+                    text=u.text if self.settings.include_text else None,
+                    language=u.language,
+                    speaker_provisional=u.speaker_provisional,
+                )
+            )
+        self.batches += 1
+        self.events += len(events)
+        return events
+
+    async def classify(self, utts: Sequence[Utterance]) -> list[EmotionEvent]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.classify_sync, list(utts))
+
+    async def publish(self, events: Sequence[EmotionEvent], sinks: Sequence[Sink]) -> None:
+        """Hand each event to every sink; a failing sink is counted and logged, the others go on."""
+        for ev in events:
+            for sink in sinks:
+                try:
+                    await sink.publish(ev)
+                except Exception as e:  # noqa: BLE001 - one sink must not stop the others
+                    self.sink_errors += 1
+                    log.error(
+                        "sink %s failed on event %s: %s",
+                        getattr(sink, "name", sink),
+                        ev.event_id,
+                        e,
+                    )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

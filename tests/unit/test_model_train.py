@@ -1,0 +1,131 @@
+"""Training features: lr schedule, audio time masking, the audio-stats head, aux head losses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from emomon.model.errors import ConfigError
+from emomon.model.features import TextFrontEnd
+from emomon.model.network import EmotionNet
+from emomon.model.testing import make_tiny_text_encoder, tiny_config
+from emomon.model.train import Encoded, TrainConfig, collate, lr_factor, time_mask, train
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory):
+    return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert-train"))
+
+
+def test_constant_schedule_is_flat() -> None:
+    tc = TrainConfig()
+    assert [lr_factor(tc, p) for p in (0.0, 0.3, 1.0)] == [1.0, 1.0, 1.0]
+
+
+def test_cosine_schedule_warms_up_then_decays() -> None:
+    tc = TrainConfig(lr_schedule="cosine", warmup_frac=0.1, lr_min_ratio=0.05)
+    assert lr_factor(tc, 0.0) < 0.01
+    assert lr_factor(tc, 0.05) == pytest.approx(0.5)
+    assert lr_factor(tc, 0.1) == pytest.approx(1.0)
+    mid = lr_factor(tc, 0.55)
+    assert mid == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_factor(tc, 1.0) == pytest.approx(0.05)
+    xs = [lr_factor(tc, p) for p in np.linspace(0.1, 1.0, 20)]
+    assert all(a >= b for a, b in zip(xs, xs[1:], strict=False))  # monotone decay
+
+
+def test_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        lr_factor(TrainConfig(lr_schedule="step"), 0.5)
+
+
+def test_time_mask_hides_one_span_and_keeps_a_token() -> None:
+    rng = np.random.default_rng(0)
+    mask = torch.ones(50, 20, dtype=torch.bool)
+    mask[1, 3:] = False  # 3 valid tokens
+    mask[2, 1:] = False  # 1 valid token: never masked
+    out = time_mask(mask, 0.5, rng)
+    assert not bool((out & ~mask).any())  # padding never becomes valid
+    assert bool(out.any(1).all())  # every row keeps at least one token
+    assert bool(out[2, 0])
+    hidden = (mask & ~out).sum(1)
+    assert int(hidden.max()) <= 10 and int(hidden.sum()) > 0
+    for row in (mask & ~out)[hidden > 0]:  # one contiguous span
+        idx = row.nonzero().flatten()
+        assert int(idx[-1] - idx[0] + 1) == len(idx)
+    assert torch.equal(time_mask(mask, 0.0, rng), mask)
+
+
+def test_collate_time_mask_keeps_has_audio(tiny_encoder) -> None:
+    cfg = tiny_config(tiny_encoder)
+    items = [
+        Encoded(None, np.ones((8, cfg.whisper_dim), np.float16), 0, "x"),
+        Encoded(np.ones((3, 32), np.float16), None, 1, "y"),
+    ]
+    b = collate(items, 32, cfg.whisper_dim, cfg, None, 0.9, np.random.default_rng(1))
+    assert b["has_audio"].tolist() == [True, False]
+    assert 1 <= int(b["audio_mask"][0].sum()) <= 8
+
+
+def test_audio_stats_head_joins_only_samples_with_audio(tiny_encoder) -> None:
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(str(tiny_encoder))
+    cfg = tiny_config(tiny_encoder, audio_stats_head=True)
+    net = EmotionNet(cfg, 32, hf).eval()
+    g = torch.Generator().manual_seed(0)
+    audio_mask = torch.ones(2, 6, dtype=torch.bool)
+    audio_mask[1] = False  # second sample: no audio
+    batch = {
+        "text": torch.randn(2, 5, 32, generator=g),
+        "text_mask": torch.ones(2, 5, dtype=torch.bool),
+        "audio": torch.randn(2, 6, cfg.whisper_dim, generator=g),
+        "audio_mask": audio_mask,
+    }
+    with torch.no_grad():
+        out = net(**batch)
+        base = net.forward_head(*net.forward_features(**batch))
+    assert len(out.head_logits) == 3
+    # without audio the stats head must not change the answer
+    assert torch.allclose(out.logits[1], base.logits[1])
+    # with audio: the mean of the three heads
+    assert torch.allclose(out.logits[0], torch.stack([h[0] for h in out.head_logits]).mean(0))
+    with pytest.raises(ConfigError):
+        tiny_config(tiny_encoder, audio_stats_head=True, audio_frontend="paper")
+
+
+def test_train_runs_with_the_new_options(tiny_encoder, tmp_path) -> None:
+    cfg = tiny_config(tiny_encoder, audio_stats_head=True, audio_stats_token=True)
+    fe = TextFrontEnd(cfg)
+    rng = np.random.default_rng(0)
+
+    def sample(i: int) -> Encoded:
+        audio = i % 2 == 0
+        return Encoded(
+            fe.encode(["i am so happy" if i % 3 else "no"])[0].astype(np.float16),
+            rng.standard_normal((9, cfg.whisper_dim)).astype(np.float16) if audio else None,
+            i % 3,
+            "a" if audio else "t",
+        )
+
+    data = [sample(i) for i in range(24)]
+    tc = TrainConfig(
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        lr_schedule="cosine",
+        warmup_frac=0.2,
+        audio_time_mask=0.3,
+        aux_head_weight=0.5,
+        audio_repeat=2,
+    )
+    state = train(cfg, tc, data, data[:8], fe, tmp_path / "run", progress=False)
+    assert state["epoch"] == 2 and np.isfinite(state["history"][-1]["train_ce"])
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    # resuming a finished run does no more work and keeps the state
+    again = train(cfg, tc, data, data[:8], fe, tmp_path / "run", progress=False)
+    assert again["epoch"] == 2
+    assert dataclasses.asdict(tc)["lr_schedule"] == "cosine"

@@ -1,0 +1,92 @@
+"""Turn-change detection on real voices (CAM++ on two speakers of the shipped call)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emomon.streamer.speakers import OnlineSpeakerClustering, SpeakerEmbedder, TurnDetector
+
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SpeakerEmbedder:
+    from emomon.services.worker import set_torch_threads
+
+    set_torch_threads(1)  # as the pipeline runs it
+    return SpeakerEmbedder()
+
+
+@pytest.fixture(scope="module")
+def turns(call_pcm) -> tuple[np.ndarray, list[float]]:
+    """A B A B A B, 3 s each, no pause between turns (single-speaker stretches of the call)."""
+    a = call_pcm[int(11.0 * SR) : int(14.0 * SR)]  # speaker90 alone (RTTM)
+    b = call_pcm[int(22.0 * SR) : int(25.0 * SR)]  # speaker91 alone
+    b2 = call_pcm[int(25.0 * SR) : int(27.7 * SR)]
+    a2 = call_pcm[int(8.4 * SR) : int(9.9 * SR)]
+    parts = [a, b, a2, b2, a, b]
+    bounds = list(np.cumsum([p.shape[0] / SR for p in parts])[:-1])
+    return np.concatenate(parts), bounds
+
+
+def _run(det: TurnDetector, pcm: np.ndarray, step_s: float = 0.1) -> list[tuple[float, float]]:
+    """Feed the open segment as it grows; (cut time, time it was decided) for each cut."""
+    start, cuts = 0.0, []
+    n = int(step_s * SR)
+    for end in range(n, pcm.shape[0] + 1, n):
+        s0 = int(round(start * SR))
+        cut = det.update(start, pcm[s0:end])
+        if cut is not None:
+            cuts.append((cut, end / SR))
+            start = cut
+    return cuts
+
+
+def _check(cuts, bounds, tol_s):
+    # Before the second voice is heard, the first one may be split in two (labels are
+    # provisional then): only cuts from the first checked change on count.
+    found = [c for c, _ in cuts if c > bounds[0] - tol_s]
+    for b in bounds:
+        assert min(abs(f - b) for f in found) <= tol_s, (b, found)
+    assert len(found) <= len(bounds) + 1, found  # no burst of false changes
+
+
+@pytest.fixture(scope="module")
+def long_only(embedder, turns):
+    det = TurnDetector(
+        embedder,
+        OnlineSpeakerClustering(num_speakers=2),
+        window_s=1.2,
+        hop_s=0.25,
+        change_window_s=None,
+    )
+    return det, _run(det, turns[0])
+
+
+def test_long_windows_find_turns(long_only, turns):
+    det, cuts = long_only
+    _check(cuts, turns[1], 0.5)
+    assert det.cuts["short"] == 0
+
+
+def test_short_windows_find_turns_sooner(embedder, turns, long_only):
+    pcm, bounds = turns
+    slow = long_only[1]
+    det = TurnDetector(
+        embedder,
+        OnlineSpeakerClustering(num_speakers=2),
+        window_s=1.2,
+        hop_s=0.25,
+        change_window_s=0.6,
+        change_hop_s=0.1,
+        change_confirm=2,
+    )
+    fast = _run(det, pcm)
+    _check(fast, bounds[1:], 0.5)  # the short path acts once two voices are known
+    assert det.cuts["short"] >= 1
+
+    def delays(cuts):
+        return [decided - b for b in bounds[1:] for c, decided in cuts if abs(c - b) <= 0.5]
+
+    assert np.mean(delays(fast)) < np.mean(delays(slow)) - 0.2, (delays(fast), delays(slow))
