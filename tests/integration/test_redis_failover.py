@@ -115,7 +115,9 @@ def test_sigkill_mid_batch_loses_nothing(redis_server: RedisServer, tmp_path: Pa
             procs["victim"].send_signal(signal.SIGCONT)
             return False
 
-        wait_for(frozen_holding_entries, 30, "the victim to hold un-acked entries", interval_s=0.002)
+        wait_for(
+            frozen_holding_entries, 30, "the victim to hold un-acked entries", interval_s=0.002
+        )
         procs["victim"].send_signal(signal.SIGKILL)
         procs["victim"].wait(10)
         orphaned = _sync(_consumers(redis_server.url))["victim"]

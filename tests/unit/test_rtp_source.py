@@ -195,7 +195,11 @@ def test_rtcp_bye_muxed_ends_the_stream_with_a_final_chunk() -> None:
 
     got, waited, stats = run(main)
     assert got[-1].final and waited < 10  # the idle timeout is 30 s
-    assert stats["streams_ended"] == stats["streams_ended_bye"] == 1 and stats["streams_active"] == 0 and stats["rtcp"] == 1
+    assert (
+        stats["streams_ended"] == stats["streams_ended_bye"] == 1
+        and stats["streams_active"] == 0
+        and stats["rtcp"] == 1
+    )
 
 
 def test_idle_timeout_ends_stream_then_exit_when_idle_ends_chunks() -> None:
