@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import save_checkpoint
+from .checkpoint import WEIGHTS, read_checkpoint_config, save_checkpoint
 from .config import ModelConfig
 from .datasets import Sample
 from .errors import CheckpointError, ConfigError
@@ -46,6 +46,7 @@ class TrainConfig:
     lr_min_ratio: float = 0.0  # cosine decays each group's lr to this fraction of its start
     audio_time_mask: float = 0.0  # mask one random span of up to this fraction of audio tokens
     aux_head_weight: float = 0.0  # + this × CE of each classifier head on its own
+    init_from: str = ""  # start from this checkpoint folder's weights (same model config)
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -262,6 +263,23 @@ def dev_score(
     return score, per
 
 
+def init_net(net: EmotionNet, path: str | Path) -> None:
+    """Load a checkpoint folder's weights into ``net``; its model config must be the same."""
+    from safetensors.torch import load_file
+
+    ck_cfg, _ = read_checkpoint_config(path)
+    if ck_cfg.to_dict() != net.cfg.to_dict():
+        diff = sorted(k for k, v in net.cfg.to_dict().items() if ck_cfg.to_dict().get(k) != v)
+        raise CheckpointError(f"{path}: model config differs from this run's in {diff}")
+    state = load_file(str(Path(path) / WEIGHTS))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
 def train(
     cfg: ModelConfig,
     tc: TrainConfig,
@@ -305,6 +323,13 @@ def train(
         random.setstate(ck["rng_py"])
         np.random.set_state(ck["rng_np"])
         torch.set_rng_state(ck["rng_torch"])
+    elif tc.init_from:
+        # Fine-tuning: start from a checkpoint's weights; its dev score is the bar to beat, so
+        # best/ is only written by an epoch that improves on where training started.
+        init_net(net, tc.init_from)
+        state["init_dev_score"], _ = dev_score(net, dev_data, text_dim, audio_dim)
+        state["best"] = state["init_dev_score"]
+        print(json.dumps({"epoch": 0, "init_from": tc.init_from, "dev_score": state["best"]}))
     while state["epoch"] < tc.epochs and state["bad_epochs"] < tc.patience:
         net.train()
         rng = np.random.default_rng(tc.seed * 1000 + state["epoch"])

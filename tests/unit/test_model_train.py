@@ -129,3 +129,28 @@ def test_train_runs_with_the_new_options(tiny_encoder, tmp_path) -> None:
     again = train(cfg, tc, data, data[:8], fe, tmp_path / "run", progress=False)
     assert again["epoch"] == 2
     assert dataclasses.asdict(tc)["lr_schedule"] == "cosine"
+
+
+def test_init_from_starts_at_the_checkpoint_and_must_beat_it(tiny_encoder, tmp_path) -> None:
+    from emomon.model.errors import CheckpointError
+
+    cfg = tiny_config(tiny_encoder)
+    fe = TextFrontEnd(cfg)
+    data = [
+        Encoded(fe.encode([t])[0].astype(np.float16), None, i % 3, "t")
+        for i, t in enumerate(["yes", "no", "maybe"] * 4)
+    ]
+    tc = TrainConfig(epochs=1, batch_size=4, lr=1e-3)
+    first = train(cfg, tc, data, data, fe, tmp_path / "a", progress=False)
+    src = str(tmp_path / "a" / "best_fp32")
+    # lr 0: the weights cannot move, so the dev score stays the checkpoint's own, which is the
+    # bar: no epoch beats it and best/ is not written.
+    frozen = dataclasses.replace(tc, lr=0.0, lr_pretrained=0.0, init_from=src)
+    state = train(cfg, frozen, data, data, fe, tmp_path / "b", progress=False)
+    assert state["init_dev_score"] == pytest.approx(first["best"])
+    assert state["history"][-1]["dev_score"] == pytest.approx(first["best"])
+    assert state["bad_epochs"] == 1 and not (tmp_path / "b" / "best").exists()
+    # a checkpoint of another architecture is refused, naming the field
+    other = dataclasses.replace(cfg, joint_len=cfg.joint_len + 1)
+    with pytest.raises(CheckpointError, match="joint_len"):
+        train(other, frozen, data, data, TextFrontEnd(other), tmp_path / "c", progress=False)
