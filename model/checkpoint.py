@@ -98,14 +98,11 @@ def read_checkpoint_config(path: str | Path) -> tuple[ModelConfig, dict[str, Any
     return cfg, meta
 
 
-def load_net(path: str | Path, hf_text_config: object | None) -> EmotionNet:
-    """Rebuild the network from a checkpoint folder (fp32 on CPU, eval mode)."""
+def load_weights(net: EmotionNet, path: str | Path) -> None:
+    """Load a checkpoint folder's weights (as fp32) into ``net``, which must match them."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    cfg, meta = read_checkpoint_config(path)
-    net = EmotionNet(cfg, int(meta["text_dim"]), hf_text_config)
-    state = load_file(str(path / WEIGHTS))
+    state = load_file(str(Path(path) / WEIGHTS))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -113,6 +110,13 @@ def load_net(path: str | Path, hf_text_config: object | None) -> EmotionNet:
             f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "was it written by another emomon version?"
         )
+
+
+def load_net(path: str | Path, hf_text_config: object | None) -> EmotionNet:
+    """Rebuild the network from a checkpoint folder (fp32 on CPU, eval mode)."""
+    cfg, meta = read_checkpoint_config(path)
+    net = EmotionNet(cfg, int(meta["text_dim"]), hf_text_config)
+    load_weights(net, path)
     return net.eval()
 
 

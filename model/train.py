@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import WEIGHTS, read_checkpoint_config, save_checkpoint
+from .checkpoint import load_weights, read_checkpoint_config, save_checkpoint
 from .config import ModelConfig
 from .datasets import Sample
 from .errors import CheckpointError, ConfigError
@@ -265,19 +265,11 @@ def dev_score(
 
 def init_net(net: EmotionNet, path: str | Path) -> None:
     """Load a checkpoint folder's weights into ``net``; its model config must be the same."""
-    from safetensors.torch import load_file
-
     ck_cfg, _ = read_checkpoint_config(path)
     if ck_cfg.to_dict() != net.cfg.to_dict():
         diff = sorted(k for k, v in net.cfg.to_dict().items() if ck_cfg.to_dict().get(k) != v)
         raise CheckpointError(f"{path}: model config differs from this run's in {diff}")
-    state = load_file(str(Path(path) / WEIGHTS))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    load_weights(net, path)
 
 
 def train(
