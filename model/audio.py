@@ -8,6 +8,7 @@ transcription; it must stay bit-identical in both places.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,27 +71,84 @@ def load_whisper_model(path: str | Path | None = None, cpu_threads: int = 0) -> 
     return WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads)
 
 
-def encode_whisper(whisper_model: Any, audio: np.ndarray) -> tuple[np.ndarray, Any, np.ndarray]:
+@dataclass(frozen=True, slots=True)
+class WhisperWindow:
+    """How long an encoder window one utterance gets: ``clamp(content + margin_s, min_s, 30 s)``.
+
+    Whisper was trained on 30 s windows, and faster-whisper always pads to 30 s, but most of the
+    encoder's cost is attention over that window (tiny.en int8 on 2 CPU cores: ~300 ms for
+    30 s, ~65 ms for 10 s). A shorter window is enough as long as it keeps several seconds of
+    padding after the speech: with less, the decoder takes the speech as cut off and repeats
+    itself (measured on RAVDESS, TESS and the phone call, docs/RESULTS.md "Encoder window").
+    Windows are whole seconds, so only a few tensor shapes occur. ``min_s = 30`` is the classic
+    fixed 30 s window. The window is part of the frame recipe: the frames of one policy are
+    not the frames of another, so checkpoints record the policy they were trained with.
+    """
+
+    min_s: float = 10.0
+    margin_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.min_s <= WHISPER_MAX_S:
+            raise AudioError(f"encoder window min_s must be in 1..30 s, got {self.min_s}")
+        if self.margin_s < 0:
+            raise AudioError(f"encoder window margin_s must be >= 0 s, got {self.margin_s}")
+
+    @classmethod
+    def parse(cls, spec: str) -> WhisperWindow:
+        """``"full"`` (30 s), or ``"MIN+MARGIN"`` in seconds, e.g. ``"10+8"``."""
+        if spec == "full":
+            return FULL_WINDOW
+        try:
+            lo, _, margin = spec.partition("+")
+            return cls(float(lo), float(margin or 0.0))
+        except ValueError as e:
+            raise AudioError(
+                f"encoder window must be 'full' or 'MIN+MARGIN' seconds (e.g. '10+8'), got {spec!r}"
+            ) from e
+
+    @property
+    def spec(self) -> str:
+        return "full" if self.min_s >= WHISPER_MAX_S else f"{self.min_s:g}+{self.margin_s:g}"
+
+    def frames(self, content_frames: int, nb_max: int = 3000) -> int:
+        """Window length in log-mel frames (100/s) for ``content_frames`` of speech."""
+        fps = nb_max / WHISPER_MAX_S
+        want = math.ceil(content_frames / fps + self.margin_s) * fps
+        return int(min(nb_max, max(self.min_s * fps, want)))
+
+
+FULL_WINDOW = WhisperWindow(WHISPER_MAX_S, 0.0)
+DEFAULT_WINDOW = WhisperWindow()
+
+
+def encode_whisper(
+    whisper_model: Any, audio: np.ndarray, window: WhisperWindow = FULL_WINDOW
+) -> tuple[np.ndarray, Any, np.ndarray]:
     """One Whisper encoder pass: ``(log-mel features, encoder output, content frames (T, D))``.
 
     The ASR pass decodes from the encoder output and hands the frames to the emotion model, so
-    the encoder runs once per utterance.
+    the encoder runs once per utterance. ``window`` sets the encoder window (see
+    :class:`WhisperWindow`); the log-mel features past the speech are zero-padded.
     """
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)[: int(WHISPER_MAX_S * SAMPLE_RATE_HZ)]
     if audio.size == 0:
         raise AudioError("empty audio has no Whisper frames; pass audio=None instead")
-    from faster_whisper.audio import pad_or_trim
-
     features = whisper_model.feature_extractor(audio)  # (80, n+1) log-mel
     content_frames = features.shape[-1] - 1
     nb_max = whisper_model.feature_extractor.nb_max_frames
-    segment = pad_or_trim(features[:, : min(nb_max, content_frames)])  # (80, 3000): 30 s
-    encoder_output = whisper_model.encode(segment)  # StorageView (1, 1500, D)
+    length = window.frames(min(nb_max, content_frames), nb_max)
+    segment = features[:, : min(length, content_frames)]
+    if segment.shape[-1] < length:
+        segment = np.pad(segment, ((0, 0), (0, length - segment.shape[-1])))  # (80, length)
+    encoder_output = whisper_model.encode(segment)  # StorageView (1, length / 2, D)
     frames = np.array(encoder_output)[0, : max(1, math.ceil(content_frames / 2))]  # (T, D)
     return features, encoder_output, np.ascontiguousarray(frames, dtype=np.float32)
 
 
-def whisper_encoder_frames(whisper_model: Any, audio: np.ndarray) -> np.ndarray:
+def whisper_encoder_frames(
+    whisper_model: Any, audio: np.ndarray, window: WhisperWindow = FULL_WINDOW
+) -> np.ndarray:
     """Frames of the frozen Whisper encoder for one utterance, as the ASR pass makes them.
 
     Args:
@@ -100,4 +158,4 @@ def whisper_encoder_frames(whisper_model: Any, audio: np.ndarray) -> np.ndarray:
     Returns:
         ``(T, D)`` float32, 50 frames per second of *content* (padding frames dropped).
     """
-    return encode_whisper(whisper_model, audio)[2]
+    return encode_whisper(whisper_model, audio, window)[2]

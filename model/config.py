@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .audio import WhisperWindow
 from .datasets import MELD_LABELS
-from .errors import ConfigError
+from .errors import AudioError, ConfigError
 
 FUSIONS = ("jfm", "late", "cfa", "concat")
 JOINT_MODES = ("learned", "none")
@@ -63,6 +64,9 @@ class ModelConfig:
     audio_max_tokens: int = 96
     whisper_dim: int = 384
     whisper_pool: int = 4  # 50 fps → 12.5 fps tokens
+    # the encoder window policy the frames were made with (model.audio.WhisperWindow.parse):
+    # "full" = the fixed 30 s window; "10+8" = max(10 s, speech + 8 s), ~4x cheaper
+    whisper_window: str = "full"
     audio_stats_token: bool = False  # prepend one token = proj(mean ⊕ std) of the audio tokens
     # a third classifier, linear on LayerNorm(mean ⊕ std) of the Whisper tokens (the MODEL.md
     # sec. 5 probe inside the network); its logits join the average for samples with audio
@@ -83,6 +87,10 @@ class ModelConfig:
             raise ConfigError(
                 f"audio_frontend must be one of {FRONTENDS}, got {self.audio_frontend!r}"
             )
+        try:
+            WhisperWindow.parse(self.whisper_window)
+        except AudioError as e:
+            raise ConfigError(f"whisper_window: {e}") from e
         if self.text_pool not in ("cls", "mean"):
             raise ConfigError(f"text_pool must be cls or mean, got {self.text_pool!r}")
         mods = set(self.modalities)

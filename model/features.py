@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import audio_is_usable, decode_audio, load_whisper_model, whisper_encoder_frames
+from .audio import (
+    WhisperWindow,
+    audio_is_usable,
+    decode_audio,
+    load_whisper_model,
+    whisper_encoder_frames,
+)
 from .cache import NpyCache, file_key, text_key
 from .config import ModelConfig
 from .datasets import Sample
@@ -158,6 +164,7 @@ class AudioFrontEnd:
     def __init__(self, cfg: ModelConfig, whisper_model: Any = None) -> None:
         self.cfg = cfg
         self._whisper = whisper_model
+        self.window = WhisperWindow.parse(cfg.whisper_window)
 
     @property
     def whisper(self) -> Any:
@@ -174,7 +181,7 @@ class AudioFrontEnd:
 
     def from_audio(self, audio: np.ndarray) -> np.ndarray:
         if self.cfg.audio_frontend == "whisper":
-            return self.from_frames(whisper_encoder_frames(self.whisper, audio))
+            return self.from_frames(whisper_encoder_frames(self.whisper, audio, self.window))
         return log_mel(audio, self.cfg)
 
 
@@ -201,6 +208,8 @@ class FeatureStore:
         ns = (
             "whisper-tiny.en-frames" if cfg.audio_frontend == "whisper" else f"logmel{cfg.mel_bins}"
         )
+        if cfg.audio_frontend == "whisper" and self.audio_fe.window.spec != "full":
+            ns += f"-w{self.audio_fe.window.spec}"  # other windows, other frames
         self.audio_cache = NpyCache(cache_dir, ns)
 
     def _text_key(self, s: Sample) -> str:
@@ -256,7 +265,9 @@ class FeatureStore:
         if not audio_is_usable(audio):
             return np.zeros((0, self.audio_fe.dim), dtype=np.float16)
         if self.cfg.audio_frontend == "whisper":
-            return whisper_encoder_frames(self.audio_fe.whisper, audio).astype(np.float16)
+            return whisper_encoder_frames(
+                self.audio_fe.whisper, audio, self.audio_fe.window
+            ).astype(np.float16)
         return log_mel(audio, self.cfg).astype(np.float16)
 
     def text(self, s: Sample) -> np.ndarray | None:

@@ -28,7 +28,12 @@ from emomon.services.settings import Settings
 from emomon.services.worker import FusionWorker, set_torch_threads
 from emomon.streamer.segmenter import Segmenter, SegmenterConfig, SpeechSegment
 from emomon.streamer.sources.base import AudioChunk, AudioSource, SourceError
-from emomon.streamer.transcriber import Transcriber, TranscriberConfig, Transcript
+from emomon.streamer.transcriber import (
+    Transcriber,
+    TranscriberConfig,
+    TranscriberError,
+    Transcript,
+)
 from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
 
 log = logging.getLogger(__name__)
@@ -104,9 +109,28 @@ def segmenter_config(settings: Settings) -> SegmenterConfig:
     )
 
 
+def encoder_window(settings: Settings) -> str:
+    """The ASR encoder window: as set, or (``auto``) the one the emotion checkpoint expects, so
+    the frames the ASR pass hands over are the frames the model was trained on."""
+    if settings.asr.encoder_window != "auto":
+        return settings.asr.encoder_window
+    from emomon.model.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_config
+    from emomon.model.errors import ModelError
+
+    try:
+        cfg, _ = read_checkpoint_config(settings.worker.checkpoint or DEFAULT_CHECKPOINT)
+    except ModelError as e:
+        raise TranscriberError(
+            f"asr.encoder_window=auto reads the emotion checkpoint's window: {e}; "
+            "or set asr.encoder_window (e.g. 10+8)"
+        ) from e
+    return cfg.whisper_window
+
+
 def transcriber_config(settings: Settings) -> TranscriberConfig:
     a = settings.asr
     return TranscriberConfig(
+        encoder_window=encoder_window(settings),
         model=a.model,
         device=a.device,
         compute_type=a.compute_type,
@@ -324,6 +348,7 @@ async def utterances(
                     "asr": asr_s,
                 },
                 whisper_frames=tr.frames,
+                whisper_window=tr.frames_window,
             )
         await task  # re-raises what ended the source (e.g. a decode error)
     finally:

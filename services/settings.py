@@ -94,6 +94,24 @@ class AsrSettings(_Section):
     language: str | None = "en"
     cpu_threads: int = Field(0, ge=0, le=256, description="0 = CTranslate2 default")
     workers: int = Field(1, ge=1, le=16, description="parallel transcriptions")
+    encoder_window: str = Field(
+        "auto",
+        description="Whisper encoder window: 'auto' (what the emotion checkpoint was trained "
+        "with), 'full' (30 s) or 'MIN+MARGIN' seconds, e.g. '10+8' = max(10 s, speech + 8 s)",
+    )
+
+    @field_validator("encoder_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        from emomon.model.audio import WhisperWindow
+        from emomon.model.errors import AudioError
+
+        try:
+            return WhisperWindow.parse(v).spec
+        except AudioError as e:
+            raise ValueError(f"{e}, or 'auto'") from e
 
 
 class WorkerSettings(_Section):

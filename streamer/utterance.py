@@ -47,6 +47,9 @@ class Utterance:
     timings: dict[str, float] = field(default_factory=dict)
     # Whisper-encoder frames (T, D) float32 from the ASR pass; in-process only, never on the wire.
     whisper_frames: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # The encoder window policy those frames were made with (emomon.model.audio.WhisperWindow
+    # spec, e.g. "10+8" or "full"); a worker whose checkpoint expects another recomputes them.
+    whisper_window: str | None = field(default=None, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -63,7 +66,9 @@ class Utterance:
     def to_wire(self) -> bytes:
         """Serialise as ``b"EMU" + version + len(header) + JSON header + int16 PCM``."""
         header = {
-            k: v for k, v in asdict_shallow(self).items() if k not in ("pcm", "whisper_frames")
+            k: v
+            for k, v in asdict_shallow(self).items()
+            if k not in ("pcm", "whisper_frames", "whisper_window")
         }
         header["pcm_samples"] = int(self.pcm.shape[0])
         header["sample_rate_hz"] = SAMPLE_RATE_HZ

@@ -12,7 +12,9 @@ already computed (``Utterance.whisper_frames``, which ``to_wire`` leaves out). W
 worker runs the encoder again per utterance, which on CPU costs far more than the rest of the
 model (docs/DISTRIBUTED.md, "Figures"). The frames travel as float16 (the precision the training
 cache stores them in), ``b"F16" + rows + cols + data``, about 38 KB per second of speech. The field
-is additive: a worker that does not know it ignores it and recomputes.
+is additive: a worker that does not know it ignores it and recomputes. ``fw`` names the encoder
+window policy the frames were made with (``"10+8"``, ``"full"``; absent means ``"full"``): a
+worker whose checkpoint was trained on another policy's frames recomputes them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ WIRE_VERSION = "1"
 FIELD_VERSION = "v"
 FIELD_UTTERANCE = "u"
 FIELD_FRAMES = "f"
+FIELD_FRAMES_WINDOW = "fw"  # the encoder window policy of "f" (absent = "full", the old recipe)
 _FRAMES_MAGIC = b"F16"
 
 
@@ -53,6 +56,7 @@ def encode(utt: Utterance, with_frames: bool = True) -> dict[FieldT, EncodableT]
     }
     if with_frames and utt.whisper_frames is not None:
         fields[FIELD_FRAMES] = encode_frames(utt.whisper_frames)
+        fields[FIELD_FRAMES_WINDOW] = (utt.whisper_window or "full").encode()
     return fields
 
 
@@ -112,7 +116,12 @@ def decode(fields: Mapping[Any, Any]) -> Utterance:
     if frames is not None:
         if isinstance(frames, str):
             raise WireDecodeError("bad-payload", "frames field was decoded as text")
-        utt = utt.with_updates(whisper_frames=decode_frames(frames))
+        window = _field(fields, FIELD_FRAMES_WINDOW)
+        if isinstance(window, bytes):
+            window = window.decode(errors="replace")
+        utt = utt.with_updates(
+            whisper_frames=decode_frames(frames), whisper_window=str(window or "full")
+        )
     return utt
 
 

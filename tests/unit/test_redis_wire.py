@@ -71,6 +71,11 @@ def test_wire_carries_the_whisper_frames_as_float16() -> None:
     assert np.array_equal(back.whisper_frames, frames.astype(np.float16).astype(np.float32))
     assert wire.FIELD_FRAMES not in wire.encode(u, with_frames=False)
     assert wire.decode(wire.encode(u, with_frames=False)).whisper_frames is None
+    # Frames say which encoder window made them; an entry without the tag is the old recipe.
+    assert back.whisper_window == "full"
+    tagged = wire.decode(wire.encode(u.with_updates(whisper_window="10+8")))
+    assert tagged.whisper_window == "10+8"
+    assert wire.FIELD_FRAMES_WINDOW not in wire.encode(u, with_frames=False)
 
 
 @pytest.mark.parametrize(

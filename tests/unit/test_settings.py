@@ -28,6 +28,7 @@ def test_precedence_toml_env_cli(tmp_path):
         ({"EMOMON_VAD__AGGRESSIVENESS": "9"}, "vad.aggressiveness"),
         ({"EMOMON_VAD__FRAME_MS": "25"}, "vad.frame_ms"),
         ({"EMOMON_MQTT__URL": "http://x"}, "mqtt.url"),
+        ({"EMOMON_ASR__ENCODER_WINDOW": "5s"}, "asr.encoder_window"),
         ({"EMOMON_WORKER__NOPE": "1"}, "worker.nope"),
     ],
 )

@@ -1,19 +1,67 @@
-"""The ASR pass's encoder frames are exactly what the emotion model was trained on."""
+"""The ASR pass's encoder frames are exactly what the emotion model was trained on, for every
+encoder window policy; short windows fall back to 30 s when Whisper starts to repeat itself."""
 
 import numpy as np
+import pytest
 
-from emomon.model.audio import whisper_encoder_frames
-from emomon.streamer.transcriber import Transcriber
+from emomon.model.audio import DEFAULT_WINDOW, FULL_WINDOW, WhisperWindow, whisper_encoder_frames
+from emomon.model.errors import AudioError
+from emomon.streamer.transcriber import Transcriber, TranscriberConfig, looks_looped
 
 
-def test_transcriber_frames_equal_model_recipe(call_pcm):
-    tr = Transcriber()
+def _clip(call_pcm: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    return call_pcm[int(start_s * 16000) : int(end_s * 16000)].astype(np.float32) / 32768
+
+
+@pytest.mark.parametrize("window", ["full", "10+8"])
+def test_transcriber_frames_equal_model_recipe(call_pcm, window):
+    tr = Transcriber(TranscriberConfig(encoder_window=window))
     try:
-        audio = call_pcm[int(8.4 * 16000) : int(10.0 * 16000)].astype(np.float32) / 32768
+        audio = _clip(call_pcm, 8.4, 10.0)
         out = tr.transcribe_sync(audio)
-        ref = whisper_encoder_frames(tr.model, audio)
+        ref = whisper_encoder_frames(tr.model, audio, WhisperWindow.parse(window))
         assert out.frames is not None and out.frames.shape == ref.shape == (80, 384)
         assert np.array_equal(out.frames, ref)
+        assert out.frames_window == window and not out.fallback
         assert "know" in out.text.lower()
+        if window != "full":  # another window, other frames: the recipe must be recorded
+            full = whisper_encoder_frames(tr.model, audio, FULL_WINDOW)
+            assert not np.array_equal(full, ref)
+    finally:
+        tr.close()
+
+
+def test_window_policy_lengths():
+    w = DEFAULT_WINDOW
+    assert w.spec == "10+8" and WhisperWindow.parse("10+8") == w
+    assert w.frames(150) == 1000  # 1.5 s of speech: the 10 s minimum
+    assert w.frames(450) == 1300  # 4.5 s: speech + 8 s, whole seconds
+    assert w.frames(2900) == 3000  # never more than Whisper's 30 s
+    assert FULL_WINDOW.frames(10) == 3000 and WhisperWindow.parse("full") == FULL_WINDOW
+    assert FULL_WINDOW.spec == "full"
+    for bad in ("", "ten", "0+8", "40+0", "10+-1"):
+        with pytest.raises(AudioError):
+            WhisperWindow.parse(bad)
+
+
+def test_loop_detector():
+    assert looks_looped("Hello Hello Hello", 1.2) is False  # one word repeated: real speech does
+    assert looks_looped("This is Diane. This is Diane. This is Diane", 1.5) is True
+    assert looks_looped("Well, there isn't that much difference.", 1.1) is False
+    assert looks_looped("anything", 2.5) is True  # above faster-whisper's compression threshold
+
+
+def test_a_looping_short_window_falls_back_to_30_s(call_pcm):
+    # A 1 s minimum window without margin leaves no silence after the speech: tiny.en repeats
+    # "This is Diane in New Jersey." until its token budget; the 30 s decode gets it right, and
+    # the frames still follow the configured window.
+    tr = Transcriber(TranscriberConfig(encoder_window="1+0"))
+    try:
+        audio = _clip(call_pcm, 12.5, 14.3)
+        out = tr.transcribe_sync(audio)
+        assert out.fallback and tr.fallbacks == 1
+        assert out.text.lower().count("diane") == 1 and "jersey" in out.text.lower()
+        ref = whisper_encoder_frames(tr.model, audio, WhisperWindow.parse("1+0"))
+        assert out.frames is not None and np.array_equal(out.frames, ref)
     finally:
         tr.close()
