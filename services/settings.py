@@ -66,11 +66,12 @@ class SpeakerSettings(_Section):
         2, ge=1, le=10, description="long windows in a row that must name the new speaker"
     )
     change_window_s: float = Field(
-        0.0,
+        0.6,
         ge=0.0,
         le=2.0,
         description="short window compared with the known voices to find turn changes sooner "
-        "(0 = off; 0.6 with change_confirm=2 is the measured low-latency setting, README)",
+        "(0 = off: long windows only, a third of the CPU, turn changes found ~0.6 s later; "
+        "benchmarks/bench_turns.py)",
     )
     change_hop_s: float = Field(
         0.1, ge=0.02, le=1.0, description="how often a short window is checked"

@@ -41,3 +41,35 @@ def test_provisional_until_enough_speech():
     cl = OnlineSpeakerClustering(provisional_s=4.0)
     assert cl.add_speech("speaker_1", 3.0) is True
     assert cl.add_speech("speaker_1", 1.5) is False
+
+
+def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
+    """Sessions asking for CAM++ windows at the same time are embedded in one batch."""
+    import threading
+    import time
+
+    from emomon.services.pipeline import shared_embedder
+
+    emb = shared_embedder()
+    audio = call_pcm.astype(np.float32) / 32768
+    wins = [audio[int(s * 16000) : int(s * 16000) + 9600] for s in (7.6, 11.0, 15.0)]
+    alone = [emb.embed([w])[0] for w in wins]
+    got: dict[int, np.ndarray] = {}
+    passes = emb.passes
+    with emb._lock:  # a pass is running: the three requests queue up behind it
+        threads = [
+            threading.Thread(target=lambda i=i: got.__setitem__(i, emb.embed([wins[i]])[0]))
+            for i in range(3)
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 10
+        while len(emb._waiting) < 3 and time.time() < deadline:
+            time.sleep(0.005)
+        assert len(emb._waiting) == 3
+    for t in threads:
+        t.join(10)
+    assert emb.passes == passes + 1  # one forward pass for the three of them
+    for i in range(3):
+        assert np.allclose(got[i], alone[i], atol=1e-5)
+    assert float(alone[0] @ alone[1]) < 0.9  # Sheila vs Diane: not a constant output

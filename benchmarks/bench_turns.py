@@ -1,0 +1,198 @@
+"""Speaker-turn detection on synthetic telephone conversations (a dev set) and on the real call.
+
+The shipped call is the only real labelled conversation we have, and it is also what the
+end-to-end test scores; tuning the turn detector on it would be tuning on the test. So the
+detector's settings are compared on *synthetic* conversations first: two RAVDESS actors take
+turns (each turn one or two clips of one actor, trimmed to their speech; turns follow each
+other with no pause or one shorter than the VAD hang-over, as in a lively call), passed
+through a telephone line (8 kHz band limit and G.711 μ-law), with exact reference turns. The
+real call is printed last, for information. Per setting: mean speaker agreement (as the
+end-to-end test scores it), segments, and how long after a turn change (or end of speech) each
+segment was closed (stream time, p50 / p95). No ASR, no fusion. Usage:
+
+    .venv/bin/python benchmarks/bench_turns.py --ravdess ../shared/data/ravdess \
+        [--conversations 16] [--settings '{}' '{"change_window_s": 0.6}' ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CALL = ROOT / "tests" / "data" / "phone-call-2spk.wav"
+SR = 16_000
+
+
+def trim(x: np.ndarray, margin_s: float = 0.05) -> np.ndarray:
+    """Cut leading/trailing silence: keep 20 ms frames within 26 dB of the loudest one."""
+    f = SR // 50
+    n = x.size // f
+    rms = np.sqrt((x[: n * f].reshape(n, f) ** 2).mean(1) + 1e-12)
+    keep = np.flatnonzero(rms > rms.max() * 0.05)
+    m = int(margin_s * SR)
+    return x[max(0, keep[0] * f - m) : min(x.size, (keep[-1] + 1) * f + m)]
+
+
+def telephone(x: np.ndarray) -> np.ndarray:
+    """8 kHz band limit and G.711 μ-law (nearest code), back to 16 kHz."""
+    from scipy.signal import resample_poly
+
+    from emomon.streamer.sources.g711 import decode_ulaw
+
+    table = decode_ulaw(bytes(range(256))).astype(np.float64)
+    order = np.argsort(table)
+    levels = table[order]
+    y = resample_poly(x, 1, 2) * 32767
+    idx = np.clip(np.searchsorted(levels, y), 1, levels.size - 1)
+    nearer = np.where(np.abs(levels[idx - 1] - y) < np.abs(levels[idx] - y), idx - 1, idx)
+    y = levels[nearer] / 32768
+    return resample_poly(y, 2, 1).astype(np.float32)
+
+
+def conversations(
+    ravdess: Path, n: int, seed: int = 0
+) -> list[tuple[np.ndarray, list[tuple[float, float, str]]]]:
+    from emomon.model.audio import decode_audio
+
+    rng = np.random.default_rng(seed)
+    actors = sorted(p for p in ravdess.glob("Actor_*") if p.is_dir())
+    if len(actors) < 2:
+        raise SystemExit(f"no RAVDESS actors under {ravdess}")
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(len(actors), 2, replace=False)
+        clips = {
+            who: sorted(actors[i].glob("*.flac")) + sorted(actors[i].glob("*.wav"))
+            for who, i in (("A", a), ("B", b))
+        }
+        pieces = [np.zeros(SR, dtype=np.float32)]
+        t = 1.0
+        turns = []
+        who = "A"
+        for _turn in range(int(rng.integers(7, 11))):
+            start = t
+            for k in range(int(rng.integers(1, 3))):
+                if k:  # a short breath inside one person's turn
+                    gap = float(rng.choice([0.1, 0.2]))
+                    pieces.append(np.zeros(int(gap * SR), dtype=np.float32))
+                    t += gap
+                x = trim(decode_audio(clips[who][int(rng.integers(len(clips[who])))]))
+                pieces.append(x)
+                t += x.size / SR
+            turns.append((start, t, f"actor{a if who == 'A' else b}"))
+            gap = float(rng.choice([0.0, 0.0, 0.05, 0.1, 0.15]))  # no pause a VAD could use
+            pieces.append(np.zeros(int(gap * SR), dtype=np.float32))
+            t += gap
+            who = "B" if who == "A" else "A"
+        pieces.append(np.zeros(SR, dtype=np.float32))
+        out.append((telephone(np.concatenate(pieces)), turns))
+    return out
+
+
+def write_wav(path: Path, x: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+async def detect(path: Path, over: dict) -> tuple[list[tuple[float, float, str, float]], float]:
+    from emomon.services.pipeline import PipelineStats, SpeakerStage, segmenter_config, speech
+    from emomon.services.settings import load_settings
+    from emomon.streamer.segmenter import Segmenter
+    from emomon.streamer.sources.file import FileSource
+
+    s = load_settings(
+        overrides={"speakers": {"num_speakers": 2, "mode": "cluster", **over}}, environ={}
+    )
+    src = FileSource(path)
+    stage = SpeakerStage(s, src)
+    out = []
+    t0 = time.perf_counter()
+    async for seg, who, _prov, _dt in speech(
+        src.chunks(), Segmenter(segmenter_config(s)), stage, PipelineStats()
+    ):
+        out.append((seg.start_s, seg.end_s, who, seg.hangover_s))
+    return out, time.perf_counter() - t0
+
+
+def score(
+    items: list[tuple[Path, list]], over: dict
+) -> tuple[float, float, int, list[float], float]:
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.scoring import speaker_agreement
+
+    agree, worst, segs, late, wall = [], 1.0, 0, [], 0.0
+    for path, turns in items:
+        out, dt = asyncio.run(detect(path, over))
+        a = speaker_agreement(turns, [(s, e, w) for s, e, w, _ in out]) if out else 0.0
+        agree.append(a)
+        worst = min(worst, a)
+        segs += len(out)
+        late += [h for *_, h in out]
+        wall += dt
+    return float(np.mean(agree)), worst, segs, late, wall
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--ravdess", type=Path, required=True, help="RAVDESS folder (Actor_01 ...)")
+    ap.add_argument("--conversations", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=['{"change_window_s": 0}', '{"change_window_s": 0.6}'],
+        help="speakers.* overrides as JSON, one detector setting each",
+    )
+    args = ap.parse_args()
+    from emomon.services.worker import set_torch_threads
+    from tests.helpers.scoring import read_rttm
+
+    set_torch_threads(1)
+    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        synth = []
+        for i, (x, turns) in enumerate(conversations(args.ravdess, args.conversations, args.seed)):
+            p = Path(tmp) / f"conv{i:02d}.wav"
+            write_wav(p, x)
+            synth.append((p, turns))
+        total_s = sum(sum(e - s for s, e, _ in t) for _, t in synth)
+        print(
+            f"{len(synth)} synthetic conversations, {sum(len(t) for _, t in synth)} turns, "
+            f"{total_s:.0f} s of speech; then the real call (test data, not for tuning)\n"
+        )
+        print(
+            f"{'speakers.* overrides':<58} {'agree':>6} {'worst':>6} {'segs':>5} "
+            f"{'closed p50/p95':>15} {'CPU s':>6} | call: agree segs  p50/p95"
+        )
+        call = [(CALL, read_rttm(CALL.with_suffix(".rttm")))]
+        for item in args.settings:
+            over = json.loads(item)
+            a, worst, n, late, wall = score(synth, over)
+            ca, _, cn, clate, _ = score(call, over)
+            print(
+                f"{json.dumps(over):<58} {a:6.3f} {worst:6.3f} {n:5d} "
+                f"{np.percentile(late, 50):6.2f}/{np.percentile(late, 95):5.2f} s {wall:6.1f} | "
+                f"{ca:5.3f} {cn:4d} {np.percentile(clate, 50):5.2f}/{np.percentile(clate, 95):4.2f} s",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
