@@ -263,11 +263,18 @@ def dev_score(
     return score, per
 
 
+#: Config fields that change the inputs, not the network: a checkpoint may be fine-tuned into
+#: another value (e.g. adapting a model to the frames of a cheaper Whisper encoder window).
+INPUT_RECIPE_FIELDS = frozenset({"whisper_window"})
+
+
 def init_net(net: EmotionNet, path: str | Path) -> None:
-    """Load a checkpoint folder's weights into ``net``; its model config must be the same."""
+    """Load a checkpoint folder's weights into ``net``; its model config must be the same,
+    except for :data:`INPUT_RECIPE_FIELDS`."""
     ck_cfg, _ = read_checkpoint_config(path)
-    if ck_cfg.to_dict() != net.cfg.to_dict():
-        diff = sorted(k for k, v in net.cfg.to_dict().items() if ck_cfg.to_dict().get(k) != v)
+    ours, theirs = net.cfg.to_dict(), ck_cfg.to_dict()
+    diff = sorted(k for k, v in ours.items() if theirs.get(k) != v and k not in INPUT_RECIPE_FIELDS)
+    if diff:
         raise CheckpointError(f"{path}: model config differs from this run's in {diff}")
     load_weights(net, path)
 

@@ -209,7 +209,12 @@ class SpeakerStage:
             )
         return det
 
-    async def maybe_cut(self, segmenter: Segmenter, channel: str) -> SpeechSegment | None:
+    async def maybe_cut(
+        self, segmenter: Segmenter, channel: str, wall_end: float | None = None
+    ) -> SpeechSegment | None:
+        """Ask the turn detector about the open segment of ``channel`` (audio captured up to
+        ``wall_end``); when the stage lags the audio by more than ``change_max_lag_ms``, the
+        short windows are skipped this time (counted in ``short_skipped``)."""
         if not self.cluster:
             return None
         open_ = segmenter.open_audio(channel)
@@ -225,7 +230,8 @@ class SpeakerStage:
             return None
         self._checked[channel] = (start_s, pcm.shape[0])
         try:
-            cut_at = await asyncio.to_thread(self._detector(channel).update, start_s, pcm)
+            fine = wall_end is None or (time.time() - wall_end) * 1000 <= self.sp.change_max_lag_ms
+            cut_at = await asyncio.to_thread(self._detector(channel).update, start_s, pcm, fine)
         except Exception as e:  # noqa: BLE001 - attribution trouble must not end the session
             self.errors += 1
             log.error(
@@ -277,7 +283,7 @@ async def speech(
         for seg in segmenter.feed(chunk):
             yield await labelled(seg)
         if not chunk.final:
-            cut = await speakers.maybe_cut(segmenter, chunk.channel)
+            cut = await speakers.maybe_cut(segmenter, chunk.channel, chunk.wall_end)
             if cut is not None:
                 yield await labelled(cut)
     for seg in segmenter.flush():

@@ -80,6 +80,13 @@ class SpeakerSettings(_Section):
     change_margin: float = Field(
         0.05, ge=0.0, le=1.0, description="cosine lead of the new voice over the current one"
     )
+    change_max_lag_ms: int = Field(
+        300,
+        ge=0,
+        le=60_000,
+        description="skip the short windows while turn detection lags the audio by more than "
+        "this (a loaded CPU then uses the long windows only instead of falling behind)",
+    )
     provisional_s: float = Field(
         4.0, ge=0.0, le=120.0, description="speech heard before a label is final"
     )

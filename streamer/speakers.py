@@ -290,8 +290,10 @@ class TurnDetector:
       to the current one by ``change_margin`` (cosine). This finds a change about
       ``change_window_s / 2 + (change_confirm - 1) * change_hop_s`` after it happened.
 
-    ``update(start_s, pcm)`` is given the open segment's audio so far (called as it grows); it
-    embeds the new windows and returns the stream time at which to cut, or ``None``.
+    ``update(start_s, pcm, fine)`` is given the open segment's audio so far (called as it grows);
+    it embeds the new windows and returns the stream time at which to cut, or ``None``. With
+    ``fine=False`` (the caller is behind real time) the short windows are skipped: under load
+    the detector falls back to the long windows instead of falling further behind.
     ``finish(start_s, pcm)`` labels a closed segment from its windows (majority vote).
     """
 
@@ -325,6 +327,7 @@ class TurnDetector:
         self._centroids: dict[str, np.ndarray] = {}
         self._closed: tuple[float, str] | None = None  # (start, label) of the part cut off last
         self.cuts = {"long": 0, "short": 0}  # turn changes found by each resolution
+        self.short_skipped = 0  # updates whose short windows were skipped under load
         self._short_cut = False
 
     def _reset(self, start_s: float) -> None:
@@ -406,7 +409,7 @@ class TurnDetector:
         self.cuts["short" if self._short_cut else "long"] += 1
         return self._seg_start
 
-    def update(self, start_s: float, pcm: np.ndarray) -> float | None:
+    def update(self, start_s: float, pcm: np.ndarray, fine: bool = True) -> float | None:
         if not self._same_segment(start_s):
             self._reset(start_s)
         self._embed_new(pcm)
@@ -423,6 +426,9 @@ class TurnDetector:
                     self._short_cut = False
                     return self._cut(start_s, cut, self._before(cut, current), next(iter(tail)))
         if not self.cwin:
+            return None
+        if not fine:  # behind real time: the short windows are an accelerator, skip them
+            self.short_skipped += 1
             return None
         self._embed_short(pcm)
         current = self._who()

@@ -30,13 +30,15 @@ def turns(call_pcm) -> tuple[np.ndarray, list[float]]:
     return np.concatenate(parts), bounds
 
 
-def _run(det: TurnDetector, pcm: np.ndarray, step_s: float = 0.1) -> list[tuple[float, float]]:
+def _run(
+    det: TurnDetector, pcm: np.ndarray, step_s: float = 0.1, fine: bool = True
+) -> list[tuple[float, float]]:
     """Feed the open segment as it grows; (cut time, time it was decided) for each cut."""
     start, cuts = 0.0, []
     n = int(step_s * SR)
     for end in range(n, pcm.shape[0] + 1, n):
         s0 = int(round(start * SR))
-        cut = det.update(start, pcm[s0:end])
+        cut = det.update(start, pcm[s0:end], fine)
         if cut is not None:
             cuts.append((cut, end / SR))
             start = cut
@@ -90,3 +92,19 @@ def test_short_windows_find_turns_sooner(embedder, turns, long_only):
         return [decided - b for b in bounds[1:] for c, decided in cuts if abs(c - b) <= 0.5]
 
     assert np.mean(delays(fast)) < np.mean(delays(slow)) - 0.2, (delays(fast), delays(slow))
+
+
+def test_under_load_the_short_windows_are_skipped_and_long_ones_still_find_turns(embedder, turns):
+    pcm, bounds = turns
+    det = TurnDetector(
+        embedder,
+        OnlineSpeakerClustering(num_speakers=2),
+        window_s=1.2,
+        hop_s=0.25,
+        change_window_s=0.6,
+        change_hop_s=0.1,
+        change_confirm=2,
+    )
+    cuts = _run(det, pcm, fine=False)  # the caller lags real time on every update
+    _check(cuts, bounds, 0.5)
+    assert det.cuts["short"] == 0 and det.short_skipped > 0
