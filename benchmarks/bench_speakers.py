@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 CALL = ROOT / "tests" / "data" / "phone-call-2spk.wav"
 
 
@@ -53,26 +54,12 @@ def embed_cost(repeats: int = 60) -> None:
         )
 
 
-async def turns(over: dict) -> str:
-    sys.path.insert(0, str(ROOT))
-    from emomon.services.pipeline import PipelineStats, SpeakerStage, segmenter_config, speech
-    from emomon.services.settings import load_settings
-    from emomon.streamer.segmenter import Segmenter
-    from emomon.streamer.sources.file import FileSource
+def turns(over: dict) -> str:
+    from bench_turns import detect
+
     from tests.helpers.scoring import read_rttm, speaker_agreement
 
-    s = load_settings(
-        overrides={"speakers": {"num_speakers": 2, "mode": "cluster", **over}}, environ={}
-    )
-    src = FileSource(CALL)
-    stage = SpeakerStage(s, src)
-    out = []
-    t0 = time.perf_counter()
-    async for seg, who, _prov, _dt in speech(
-        src.chunks(), Segmenter(segmenter_config(s)), stage, PipelineStats()
-    ):
-        out.append((seg.start_s, seg.end_s, who, seg.hangover_s))
-    wall = time.perf_counter() - t0
+    out, wall = asyncio.run(detect(CALL, over))
     agree = speaker_agreement(
         read_rttm(CALL.with_suffix(".rttm")), [(a, b, w) for a, b, w, _ in out]
     )
@@ -103,7 +90,7 @@ def main() -> int:
         f"\n{'speakers.* overrides':<40} {'wall':>8} {'segs':>5}  {'agree':>6}  closed after change p50 / p95"
     )
     for item in args.settings:
-        print(asyncio.run(turns(json.loads(item))), flush=True)
+        print(turns(json.loads(item)), flush=True)
     return 0
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
     audio_time_mask: float = 0.0  # mask one random span of up to this fraction of audio tokens
     aux_head_weight: float = 0.0  # + this × CE of each classifier head on its own
     init_from: str = ""  # start from this checkpoint folder's weights (same model config)
+    # comma list of parameter-name prefixes: train only these, freeze the rest (e.g.
+    # "audio_embed,head_stats": adapt a model to new audio frames, text path bit-identical)
+    train_only: str = ""
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -183,10 +186,27 @@ def init_vtrans_from_timm(net: EmotionNet, spec: str) -> None:
         b.vtrans.block.load_state_dict(vit.blocks[i].state_dict())
 
 
+def freeze_except(net: EmotionNet, prefixes: str) -> int:
+    """Freeze every parameter whose name starts with none of the comma-separated ``prefixes``
+    (empty: train everything); returns how many parameters stay trainable."""
+    keep = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+    if not keep:
+        return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    names = [n for n, _ in net.named_parameters()]
+    unknown = [k for k in keep if not any(n.startswith(k) for n in names)]
+    if unknown:
+        raise ConfigError(f"--train-only: no parameter starts with {unknown}")
+    for n, p in net.named_parameters():
+        p.requires_grad_(n.startswith(keep))
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
 def _param_groups(net: EmotionNet, tc: TrainConfig) -> list[dict[str, Any]]:
     pre: list[nn.Parameter] = []
     new: list[nn.Parameter] = []
     for n, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
         (pre if ".ltrans.layer." in n else new).append(p)
     groups = [{"params": new, "lr": tc.lr}]
     if pre:
@@ -303,6 +323,9 @@ def train(
     text_dim = net.text_dim
     audio_dim = cfg.whisper_dim if cfg.audio_frontend == "whisper" else cfg.mel_bins
     lr_factor(tc, 0.0)  # validates lr_schedule before any work
+    trainable = freeze_except(net, tc.train_only)
+    if tc.train_only:
+        print(json.dumps({"train_only": tc.train_only, "trainable_params": trainable}))
     opt = torch.optim.AdamW(_param_groups(net, tc), weight_decay=tc.weight_decay)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]

@@ -193,41 +193,21 @@ class Transcriber:
         tokenizer = Tokenizer(
             m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=language
         )
+
+        def decode(output: Any, temperatures: list[float], budget: int | None) -> list[Any]:
+            options = self._options(tokenizer, temperatures, budget)
+            return list(m.generate_segments(features, tokenizer, options, False, output))
+
         fallback = False
         if self.window.spec == "full":
-            segments = list(
-                m.generate_segments(
-                    features,
-                    tokenizer,
-                    self._options(tokenizer, TEMPERATURES, None),
-                    False,
-                    encoder_output,
-                )
-            )
+            segments = decode(encoder_output, TEMPERATURES, None)
         else:
-            budget = token_budget(audio.size / SAMPLE_RATE_HZ)
-            segments = list(
-                m.generate_segments(
-                    features,
-                    tokenizer,
-                    self._options(tokenizer, [0.0], budget),
-                    False,
-                    encoder_output,
-                )
-            )
+            segments = decode(encoder_output, [0.0], token_budget(audio.size / SAMPLE_RATE_HZ))
             if any(looks_looped(seg.text, seg.compression_ratio) for seg in segments):
                 fallback = True
                 self.fallbacks += 1
                 _, full_output, _ = encode_whisper(m, audio, FULL_WINDOW)
-                segments = list(
-                    m.generate_segments(
-                        features,
-                        tokenizer,
-                        self._options(tokenizer, TEMPERATURES, None),
-                        False,
-                        full_output,
-                    )
-                )
+                segments = decode(full_output, TEMPERATURES, None)
         text = " ".join(s.text.strip() for s in segments).strip()
         conf = float(np.exp(np.mean([s.avg_logprob for s in segments]))) if segments else None
         nsp = float(max(s.no_speech_prob for s in segments)) if segments else None

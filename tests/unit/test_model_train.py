@@ -154,3 +154,53 @@ def test_init_from_starts_at_the_checkpoint_and_must_beat_it(tiny_encoder, tmp_p
     other = dataclasses.replace(cfg, joint_len=cfg.joint_len + 1)
     with pytest.raises(CheckpointError, match="joint_len"):
         train(other, frozen, data, data, TextFrontEnd(other), tmp_path / "c", progress=False)
+
+
+def test_train_only_adapts_the_audio_side_and_keeps_the_text_path_bit_identical(
+    tiny_encoder, tmp_path
+) -> None:
+    """--train-only audio_embed,head_stats (adapting a checkpoint to other Whisper frames):
+    those weights move, every other weight, and so every text-only answer, stays as it was."""
+    from safetensors.torch import load_file
+
+    from emomon.model.checkpoint import load_net
+    from emomon.model.errors import ConfigError as CfgError
+    from emomon.model.train import build_net, freeze_except
+
+    cfg = tiny_config(tiny_encoder, audio_stats_head=True, audio_stats_token=True)
+    fe = TextFrontEnd(cfg)
+    rng = np.random.default_rng(1)
+    text = [fe.encode([t])[0].astype(np.float16) for t in ("i am so happy", "no", "what")]
+    data = [
+        Encoded(
+            text[i % 3], rng.standard_normal((9, cfg.whisper_dim)).astype(np.float16), i % 3, "a"
+        )
+        for i in range(24)
+    ]
+    tc = TrainConfig(epochs=1, batch_size=8, lr=1e-3)
+    train(cfg, tc, data, data[:8], fe, tmp_path / "a", progress=False)
+    src = tmp_path / "a" / "best_fp32"
+    adapted_cfg = dataclasses.replace(cfg, whisper_window="10+8")  # new frames, same network
+    tc2 = dataclasses.replace(
+        tc, epochs=2, lr=1e-2, init_from=str(src), train_only="audio_embed,head_stats"
+    )
+    state = train(adapted_cfg, tc2, data, data[:8], fe, tmp_path / "b", progress=False)
+    assert state["epoch"] == 2
+    before = load_file(src / "model.safetensors")
+    after = torch.load(tmp_path / "b" / "last.pt", map_location="cpu", weights_only=False)["net"]
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("audio_embed.", "head_stats.")) for k in moved), moved
+    # text-only answers before and after are identical
+    nets = [load_net(src, fe.hf_config).eval(), build_net(adapted_cfg, fe)]
+    nets[1].load_state_dict(after)
+    nets[1].eval()
+    from emomon.model.features import pad_sequences
+
+    t, tm = pad_sequences([text[0].astype(np.float32)], text[0].shape[1])
+    au, am = pad_sequences([None], cfg.whisper_dim)  # no audio: the learned "absent" token
+    batch = {"text": t, "text_mask": tm, "audio": au, "audio_mask": am}
+    with torch.no_grad():
+        a, b = (n(**batch).logits for n in nets)
+    assert torch.equal(a, b)
+    with pytest.raises(CfgError, match="no parameter"):
+        freeze_except(nets[0], "nonexistent_module")

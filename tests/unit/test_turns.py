@@ -72,10 +72,8 @@ def test_long_windows_find_turns(long_only, turns):
     assert det.cuts["short"] == 0
 
 
-def test_short_windows_find_turns_sooner(embedder, turns, long_only):
-    pcm, bounds = turns
-    slow = long_only[1]
-    det = TurnDetector(
+def _two_resolutions(embedder: SpeakerEmbedder) -> TurnDetector:
+    return TurnDetector(
         embedder,
         OnlineSpeakerClustering(num_speakers=2),
         window_s=1.2,
@@ -84,6 +82,12 @@ def test_short_windows_find_turns_sooner(embedder, turns, long_only):
         change_hop_s=0.1,
         change_confirm=2,
     )
+
+
+def test_short_windows_find_turns_sooner(embedder, turns, long_only):
+    pcm, bounds = turns
+    slow = long_only[1]
+    det = _two_resolutions(embedder)
     fast = _run(det, pcm)
     _check(fast, bounds[1:], 0.5)  # the short path acts once two voices are known
     assert det.cuts["short"] >= 1
@@ -96,15 +100,7 @@ def test_short_windows_find_turns_sooner(embedder, turns, long_only):
 
 def test_under_load_the_short_windows_are_skipped_and_long_ones_still_find_turns(embedder, turns):
     pcm, bounds = turns
-    det = TurnDetector(
-        embedder,
-        OnlineSpeakerClustering(num_speakers=2),
-        window_s=1.2,
-        hop_s=0.25,
-        change_window_s=0.6,
-        change_hop_s=0.1,
-        change_confirm=2,
-    )
+    det = _two_resolutions(embedder)
     cuts = _run(det, pcm, fine=False)  # the caller lags real time on every update
     _check(cuts, bounds, 0.5)
     assert det.cuts["short"] == 0 and det.short_skipped > 0
