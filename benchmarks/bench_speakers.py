@@ -52,6 +52,15 @@ def embed_cost(repeats: int = 60) -> None:
             f"CAM++ 0.5 s window, {threads} torch thread(s): main thread {main * 1000:.1f} ms, "
             f"worker thread {worker * 1000:.1f} ms per call"
         )
+    # Sessions asking at the same moment share one forward pass (SpeakerEmbedder.embed).
+    w = [np.random.default_rng(i).normal(0, 0.1, 9600).astype(np.float32) for i in range(4)]
+    for batch in (1, 4):
+        emb.embed(w[:batch])
+        t0 = time.perf_counter()
+        for _ in range(repeats // 4):
+            emb.embed(w[:batch])
+        per = (time.perf_counter() - t0) / (repeats // 4) / batch
+        print(f"CAM++ 0.6 s windows, 1 thread, {batch} per pass: {per * 1000:.1f} ms per window")
 
 
 def turns(over: dict) -> str:

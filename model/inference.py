@@ -122,6 +122,9 @@ class EmotionModel:
                     text_fe.model = quantize_dynamic(
                         text_fe.model, {torch.nn.Linear}, dtype=torch.qint8
                     )
+                    # int8 states differ from fp32 ones: never share a feature cache entry
+                    # (evaluation once read training's fp32 states here and reported them as int8)
+                    text_fe.tag += "|int8"
         model = cls(net, text_fe, audio_fe, _model_id(cfg, weights_sha(path)), dev)
         model.quantized = quantize == "int8" or (quantize == "auto" and dev.type == "cpu")
         model.param_counts = counts

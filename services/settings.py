@@ -225,6 +225,9 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     drain_timeout_s: float = Field(10.0, ge=0, le=600)
+    warm_up: bool = Field(
+        True, description="run each model once before audio flows (first event is not slower)"
+    )
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

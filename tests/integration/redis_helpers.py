@@ -122,6 +122,7 @@ def synthetic_utterance(
         language="en",
         asr_confidence=0.9,
         whisper_frames=frames,
+        whisper_window=checkpoint_window(),  # as the streamer tags them (asr.encoder_window=auto)
     )
 
 
@@ -129,6 +130,15 @@ def checkpoint_dir() -> Path:
     """The configured checkpoint (``EMOMON_WORKER__CHECKPOINT``, as for the CLI) or the shipped one."""
     configured = os.environ.get("EMOMON_WORKER__CHECKPOINT")
     return Path(configured) if configured else CHECKPOINT
+
+
+def checkpoint_window() -> str:
+    """The Whisper encoder window the checkpoint's frames are made with (``full`` if unknown)."""
+    try:
+        meta = json.loads((checkpoint_dir() / "config.json").read_text())
+    except (OSError, ValueError):
+        return "full"
+    return str(meta.get("model", {}).get("whisper_window", "full"))
 
 
 def has_checkpoint() -> bool:

@@ -49,3 +49,11 @@ def test_shipped_model_uses_real_audio(model: EmotionModel) -> None:
     pred = model.predict([EmotionInput("", audio=audio)])[0]
     assert pred.modalities == ("audio",)
     assert abs(sum(pred.probabilities.values()) - 1) < 1e-5
+
+
+def test_int8_text_states_have_their_own_cache_key(model: EmotionModel) -> None:
+    """An evaluation with the int8 text encoder must not read fp32 states cached by training."""
+    assert model.quantized and model.text_fe is not None and model.text_fe.tag.endswith("|int8")
+    fp32 = EmotionModel.load(None, device="cpu", quantize="none")
+    assert fp32.text_fe is not None and not fp32.text_fe.tag.endswith("|int8")
+    assert fp32.text_fe.tag + "|int8" == model.text_fe.tag
