@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MELD = Path(os.environ.get("EMOMON_MELD_DIR", ROOT.parent / "shared" / "data" / "meld"))
+MELD = Path(
+    os.environ.get("EMOMON_MELD_DIR")
+    or next(
+        (
+            p
+            for p in (ROOT.parent / "shared" / "data" / "meld", Path("/work/shared/data/meld"))
+            if p.is_dir()
+        ),
+        ROOT.parent / "shared" / "data" / "meld",
+    )
+)
 
 pytestmark = [
     pytest.mark.e2e,
