@@ -50,6 +50,9 @@ class TrainConfig:
     # comma list of parameter-name prefixes: train only these, freeze the rest (e.g.
     # "audio_embed,head_stats": adapt a model to new audio frames, text path bit-identical)
     train_only: str = ""
+    # also try the average of the trainable weights of the last K epochs (0 = off); it becomes
+    # best/ only if its dev score beats every single epoch's
+    average_last: int = 0
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -332,6 +335,7 @@ def train(
     icl = InterClassContrastiveLoss(cfg.icl_temperature, cfg.icl_normalize)
     cw = class_weight_tensor(train_data, len(cfg.labels), tc.class_weights)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    snapshots: list[dict[str, torch.Tensor]] = []  # trainable weights of the last epochs
     last = out / "last.pt"
     if resume and last.is_file():
         ck = torch.load(last, map_location="cpu", weights_only=False)
@@ -342,6 +346,7 @@ def train(
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         state = ck["state"]
+        snapshots = ck.get("snapshots", [])
         random.setstate(ck["rng_py"])
         np.random.set_state(ck["rng_np"])
         torch.set_rng_state(ck["rng_torch"])
@@ -423,11 +428,17 @@ def train(
             save_checkpoint(net, out / "best_fp32", dtype=torch.float32)
         else:
             state["bad_epochs"] += 1
+        if tc.average_last > 1:
+            snapshots.append(
+                {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+            )
+            snapshots = snapshots[-tc.average_last :]
         torch.save(
             {
                 "net": net.state_dict(),
                 "opt": opt.state_dict(),
                 "state": state,
+                "snapshots": snapshots,
                 "model_config": cfg.to_dict(),
                 "rng_py": random.getstate(),
                 "rng_np": np.random.get_state(),
@@ -435,4 +446,45 @@ def train(
             },
             last,
         )
+    if tc.average_last > 1 and len(snapshots) > 1 and "averaged" not in state:
+        import copy
+
+        avg = copy.deepcopy(net)
+        _try_average(avg, snapshots, state, tc, dev_data, text_dim, audio_dim, out, extra_meta)
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck["state"] = state  # a rerun of the finished run does not average again
+        torch.save(ck, last)
     return state
+
+
+def _try_average(
+    net: EmotionNet,
+    snapshots: list[dict[str, torch.Tensor]],
+    state: dict[str, Any],
+    tc: TrainConfig,
+    dev_data: Sequence[Encoded],
+    text_dim: int,
+    audio_dim: int,
+    out: Path,
+    extra_meta: dict[str, Any] | None,
+) -> None:
+    """Average the last epochs' trainable weights (stochastic weight averaging over epochs):
+    kept as best/ only when it beats every single epoch on dev."""
+    first = state["epoch"] - len(snapshots) + 1
+    with torch.no_grad():
+        params = dict(net.named_parameters())
+        for name in snapshots[0]:
+            params[name].copy_(torch.stack([s[name] for s in snapshots]).mean(0))
+    score, per = dev_score(net, dev_data, text_dim, audio_dim)
+    state["averaged"] = {"epochs": [first, state["epoch"]], "dev_score": score}
+    print(json.dumps({"averaged_epochs": [first, state["epoch"]], "dev_score": score}), flush=True)
+    if score > state["best"]:
+        state["best"] = score
+        meta = {
+            "train": dataclasses.asdict(tc),
+            "best_epoch": f"mean of epochs {first}-{state['epoch']}",
+            "dev": per,
+            **(extra_meta or {}),
+        }
+        save_checkpoint(net, out / "best", extra=meta)
+        save_checkpoint(net, out / "best_fp32", dtype=torch.float32)

@@ -204,3 +204,34 @@ def test_train_only_adapts_the_audio_side_and_keeps_the_text_path_bit_identical(
     assert torch.equal(a, b)
     with pytest.raises(CfgError, match="no parameter"):
         freeze_except(nets[0], "nonexistent_module")
+
+
+def test_average_last_epochs_is_the_mean_and_kept_only_if_better_on_dev(
+    tiny_encoder, tmp_path
+) -> None:
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(tiny_encoder)
+    fe = TextFrontEnd(cfg)
+    data = [
+        Encoded(fe.encode([t])[0].astype(np.float16), None, i % 3, "t")
+        for i, t in enumerate(["i am so happy", "no", "what is the door"] * 6)
+    ]
+    tc = TrainConfig(epochs=3, batch_size=6, lr=1e-3, average_last=2, patience=3)
+    state = train(cfg, tc, data, data, fe, tmp_path / "run", progress=False)
+    avg = state["averaged"]
+    assert avg["epochs"] == [2, 3]
+    singles = [h["dev_score"] for h in state["history"]]
+    assert state["best"] == max([*singles, avg["dev_score"]])
+    ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    snaps = ck["snapshots"]
+    assert len(snaps) == 2 and ck["state"]["averaged"] == avg
+    best = load_file(tmp_path / "run" / "best_fp32" / "model.safetensors")
+    name = next(n for n in snaps[0] if not torch.equal(snaps[0][n], snaps[1][n]))
+    mean = (snaps[0][name] + snaps[1][name]) / 2
+    if avg["dev_score"] > max(singles):  # the average won: best/ holds exactly the mean
+        assert torch.allclose(best[name], mean)
+    else:  # a single epoch won: best/ is not the mean
+        assert not torch.allclose(best[name], mean)
+    again = train(cfg, tc, data, data, fe, tmp_path / "run", progress=False)
+    assert again["averaged"] == avg  # a rerun of the finished run does no more work
