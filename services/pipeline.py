@@ -168,12 +168,18 @@ def shared_embedder():  # type: ignore[no-untyped-def]
     return SpeakerEmbedder()
 
 
+def clusters_speakers(settings: Settings, source: AudioSource) -> bool:
+    """Whether ``source``'s channels get speaker clustering (else a channel is one speaker)."""
+    sp = settings.speakers
+    return sp.mode == "cluster" or (sp.mode == "auto" and source.multi_speaker_channels)
+
+
 class SpeakerStage:
     """Labels segments; on multi-speaker channels it also cuts open segments at speaker changes."""
 
     def __init__(self, settings: Settings, source: AudioSource):
         sp = settings.speakers
-        self.cluster = sp.mode == "cluster" or (sp.mode == "auto" and source.multi_speaker_channels)
+        self.cluster = clusters_speakers(settings, source)
         self.sp = sp
         # Check as often as the finer of the two detectors needs.
         self.hop_s = min(sp.hop_s, sp.change_hop_s) if sp.change_window_s else sp.hop_s
@@ -416,10 +422,7 @@ class Pipeline:
         rng = np.random.default_rng(0)
         noise = (rng.standard_normal(SAMPLE_RATE_HZ) * 0.01).astype(np.float32)
         tr = self.transcriber.transcribe_sync(noise)
-        frames = tr.frames if tr.frames is not None else None
-        model = getattr(self.worker, "model", None)
-        if model is not None and hasattr(model, "predict"):
-            model.predict([EmotionInput("hello", audio=noise, whisper_frames=frames)])
+        self.worker.model.predict([EmotionInput("hello", audio=noise, whisper_frames=tr.frames)])
         if cluster:
             set_torch_threads(self.settings.worker.torch_threads)
             emb = shared_embedder()
@@ -440,11 +443,7 @@ class Pipeline:
         """
         stop = stop or asyncio.Event()
         if self.settings.warm_up:
-            sp = self.settings.speakers
-            cluster = any(
-                sp.mode == "cluster" or (sp.mode == "auto" and src.multi_speaker_channels)
-                for _, src in sessions
-            )
+            cluster = any(clusters_speakers(self.settings, src) for _, src in sessions)
             await asyncio.to_thread(self.warm_up, cluster)
         started: list[Sink] = []
         try:

