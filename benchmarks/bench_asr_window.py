@@ -4,7 +4,7 @@ Whisper's encoder always sees a window; faster-whisper pads every utterance to 3
 CPU that padding is most of the cost of a short utterance. ``asr.encoder_window`` gives the
 encoder max(MIN, speech + MARGIN) seconds instead (``streamer/transcriber.py``). This prints,
 per policy, the WER and the time per utterance (mean / p95, one utterance at a time, as the
-pipeline runs them) and how often the loop guard re-decoded at 30 s, on:
+pipeline runs them, with ``--threads`` CTranslate2 threads each) and how often the loop guard re-decoded at 30 s, on:
 
 * the shipped phone call, cut at its reference (STM) utterance times ± 0.2 s;
 * RAVDESS clips (two scripted sentences) and TESS clips ("Say the word ..."), a seeded sample,
@@ -13,7 +13,7 @@ pipeline runs them) and how often the loop guard re-decoded at 30 s, on:
 Usage:
 
     .venv/bin/python benchmarks/bench_asr_window.py [--windows full 10+8 8+6] \
-        [--ravdess ../shared/data/ravdess --tess ../shared/data/tess --n 100]
+        [--threads 1 2 0] [--ravdess ../shared/data/ravdess --tess ../shared/data/tess --n 100]
 """
 
 from __future__ import annotations
@@ -66,6 +66,13 @@ def main() -> int:
     ap.add_argument("--ravdess", type=Path)
     ap.add_argument("--tess", type=Path)
     ap.add_argument("--n", type=int, default=100, help="clips per corpus")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="CTranslate2 threads per transcription (asr.cpu_threads; 0 = its own default)",
+    )
     args = ap.parse_args()
 
     from emomon.streamer.transcriber import Transcriber, TranscriberConfig
@@ -76,9 +83,11 @@ def main() -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
     print("Whisper tiny.en int8 (shipped), greedy, one utterance at a time\n")
-    print(f"{'window':<7} {'corpus':<8} {'utts':>5} {'WER':>6} {'mean ms':>8} {'p95 ms':>7} loops")
-    for window in args.windows:
-        tr = Transcriber(TranscriberConfig(encoder_window=window))
+    print(
+        f"{'window':<7} {'threads':>7} {'corpus':<8} {'utts':>5} {'WER':>6} {'mean ms':>8} {'p95 ms':>7} loops"
+    )
+    for window, threads in ((w, t) for w in args.windows for t in args.threads):
+        tr = Transcriber(TranscriberConfig(encoder_window=window, cpu_threads=threads))
         tr.transcribe_sync(data[0][1])  # warm-up
         res: dict[str, list] = {}
         for corpus, audio, ref in data:
@@ -90,7 +99,7 @@ def main() -> int:
             r[3] += out.fallback
         for corpus, (ref, hyp, ms, loops) in res.items():
             print(
-                f"{window:<7} {corpus:<8} {len(ms):5d} {wer(ref, hyp):6.3f} {np.mean(ms):8.0f} "
+                f"{window:<7} {threads:>7} {corpus:<8} {len(ms):5d} {wer(ref, hyp):6.3f} {np.mean(ms):8.0f} "
                 f"{np.percentile(ms, 95):7.0f} {loops}",
                 flush=True,
             )

@@ -1,7 +1,8 @@
 """Cost and quality of speaker attribution on the shipped phone call (no ASR, no fusion).
 
 Part 1: CAM++ milliseconds per call (one 0.5 s window) with 1 and 2 PyTorch intra-op threads,
-called from the main thread and from a worker thread, as the pipeline calls it.
+called from the main thread and from a worker thread, as the pipeline calls it; then per window
+of the detector's two lengths, alone and four per pass, traced (as the pipeline runs it) and eager.
 Part 2: VAD + turn detection over the call, as fast as it decodes, per detector setting:
 wall time, number of segments, agreement with the RTTM, and how long after a turn change
 (or end of speech) each segment was closed (p50/p95, stream time). Usage:
@@ -52,15 +53,25 @@ def embed_cost(repeats: int = 60) -> None:
             f"CAM++ 0.5 s window, {threads} torch thread(s): main thread {main * 1000:.1f} ms, "
             f"worker thread {worker * 1000:.1f} ms per call"
         )
-    # Sessions asking at the same moment share one forward pass (SpeakerEmbedder.embed).
+    # Sessions asking at the same moment share one forward pass (SpeakerEmbedder.embed); the
+    # pipeline's embedder is the traced TorchScript graph, the eager network is shown beside it.
+    from emomon.streamer.speakers import SpeakerEmbedder
+
     w = [np.random.default_rng(i).normal(0, 0.1, 9600).astype(np.float32) for i in range(4)]
-    for batch in (1, 4):
-        emb.embed(w[:batch])
-        t0 = time.perf_counter()
-        for _ in range(repeats // 4):
-            emb.embed(w[:batch])
-        per = (time.perf_counter() - t0) / (repeats // 4) / batch
-        print(f"CAM++ 0.6 s windows, 1 thread, {batch} per pass: {per * 1000:.1f} ms per window")
+    for e in (emb, SpeakerEmbedder(jit=False)):
+        for win_s in (0.6, 1.2):
+            n = int(win_s * 16000)
+            for batch in (1, 4):
+                ws = [np.resize(a, n) for a in w[:batch]]
+                e.embed(ws)
+                t0 = time.perf_counter()
+                for _ in range(repeats // 4):
+                    e.embed(ws)
+                per = (time.perf_counter() - t0) / (repeats // 4) / batch
+                print(
+                    f"CAM++ {'traced' if e.jit else 'eager'}, {win_s} s windows, 1 thread, "
+                    f"{batch} per pass: {per * 1000:.1f} ms per window"
+                )
 
 
 def turns(over: dict) -> str:

@@ -100,8 +100,21 @@ class AsrSettings(_Section):
     compute_type: str = "int8"
     beam_size: int = Field(1, ge=1, le=10)
     language: str | None = "en"
-    cpu_threads: int = Field(0, ge=0, le=256, description="0 = CTranslate2 default")
-    workers: int = Field(1, ge=1, le=16, description="parallel transcriptions")
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="CTranslate2 threads per transcription (0 = its own default). tiny.en is "
+        "fastest with 1 on the 2-core reference machine (137 ms per call utterance vs 175 ms "
+        "with 2, benchmarks/bench_asr_window.py --threads 1 2 0); raise it for larger models",
+    )
+    workers: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="parallel transcriptions (sessions whose utterances end together do not "
+        "wait for each other)",
+    )
     encoder_window: str = Field(
         "auto",
         description="Whisper encoder window: 'auto' (what the emotion checkpoint was trained "

@@ -70,8 +70,8 @@ class TranscriberConfig:
     compute_type: str = "int8"
     beam_size: int = 1
     language: str | None = "en"
-    cpu_threads: int = 0
-    workers: int = 1
+    cpu_threads: int = 1  # threads per transcription (0 = CTranslate2's default)
+    workers: int = 2  # parallel transcriptions
     encoder_window: str = "10+8"  # model.audio.WhisperWindow spec: "full" or "MIN+MARGIN" s
 
 

@@ -73,3 +73,25 @@ def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
     for i in range(3):
         assert np.allclose(got[i], alone[i], atol=1e-5)
     assert float(alone[0] @ alone[1]) < 0.9  # Sheila vs Diane: not a constant output
+
+
+def test_traced_embedder_matches_the_eager_network(call_pcm):
+    """The pipeline's CAM++ is a traced, frozen graph; it must give the eager network's
+    embeddings for every window length and batch size the detector uses."""
+    from emomon.services.pipeline import shared_embedder
+    from emomon.streamer.speakers import SpeakerEmbedder
+
+    traced, eager = shared_embedder(), SpeakerEmbedder(jit=False)
+    assert traced.jit and not eager.jit
+    audio = call_pcm.astype(np.float32) / 32768
+    for seconds, starts in (
+        (0.25, (7.6,)),
+        (0.6, (7.6, 11.0, 15.0)),
+        (1.2, (9.0, 22.5)),
+        (3.1, (23.0,)),
+    ):
+        n = int(seconds * 16000)
+        wins = [audio[int(s * 16000) : int(s * 16000) + n] for s in starts]
+        a, b = traced.embed(wins), eager.embed(wins)
+        assert a.shape == (len(wins), 192)
+        assert np.allclose(a, b, atol=1e-4), (seconds, float(np.abs(a - b).max()))
