@@ -7,7 +7,8 @@ agreement and WER against the call's reference (as the end-to-end test scores th
 peak RSS of a separate `emomon run` process. Latency runs from the moment the end of speech
 was *played* (the real-time clock of the replay), so time spent in a backlog counts. Usage:
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--set S.F=V ...]
+    .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
+        [--set S.F=V ...]
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 6])
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument(
+        "--per-utterance",
+        action="store_true",
+        help="also print every event of the first session: span, speaker, latency by stage, text",
+    )
+    ap.add_argument(
         "--speakers",
         choices=["cluster", "channel"],
         default="cluster",
@@ -141,6 +147,14 @@ def main() -> int:
             f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
             f"  | {' ' * 19}{stage_cols}"
         )
+        if args.per_utterance:
+            first = min(e.session for e in events)
+            for e in sorted((e for e in events if e.session == first), key=lambda e: e.start_s):
+                stages = " ".join(f"{k}={e.stage_ms.get(k, 0.0):.0f}" for k in STAGES)
+                print(
+                    f"   {e.start_s:6.2f}-{e.end_s:6.2f} s {e.speaker:<10} {e.latency_ms:5.0f} ms "
+                    f"({stages}) {(e.text or '')[:50]!r}"
+                )
         sys.stdout.flush()
     transcriber.close()
     worker.close()
