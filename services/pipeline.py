@@ -425,13 +425,7 @@ class Pipeline:
         self.worker.model.predict([EmotionInput("hello", audio=noise, whisper_frames=tr.frames)])
         if cluster:
             set_torch_threads(self.settings.worker.torch_threads)
-            emb = shared_embedder()
-            win = int(self.settings.speakers.window_s * SAMPLE_RATE_HZ)
-            emb.embed([np.resize(noise, win)])
-            if self.settings.speakers.change_window_s:
-                emb.embed(
-                    [np.resize(noise, int(self.settings.speakers.change_window_s * SAMPLE_RATE_HZ))]
-                )
+            shared_embedder()  # loads CAM++ and warms it (SpeakerEmbedder.__init__)
 
     async def run(
         self, sessions: Sequence[tuple[str, AudioSource]], stop: asyncio.Event | None = None

@@ -87,8 +87,14 @@ class SpeakerEmbedder:
         self.net: torch.nn.Module = net.eval().to(device)
         self.device = device
         self.jit = False
+        x = self._fbank(np.full(SAMPLE_RATE_HZ, 0.01, dtype=np.float32)).unsqueeze(0).to(device)
         if jit:
-            self._trace()
+            self._trace(x)
+        # The first calls allocate (and specialise a traced graph: its first two are slow):
+        # made here, so a new embedder is warm before audio flows.
+        with torch.inference_mode():
+            for _ in range(2):
+                self.net(x)
         self._lock = threading.Lock()  # held by the thread running a forward pass
         self._waiting: list[_Request] = []
         self._waiting_lock = threading.Lock()
@@ -96,7 +102,7 @@ class SpeakerEmbedder:
         self.windows = 0  # windows embedded
 
     @torch.inference_mode()
-    def _trace(self) -> None:
+    def _trace(self, x: torch.Tensor) -> None:
         """Replace the eager network by a traced and frozen TorchScript copy.
 
         On a small CPU, CAM++ is bound by per-layer overhead; the frozen graph folds the batch
@@ -104,18 +110,14 @@ class SpeakerEmbedder:
         at every length and batch size measured (``benchmarks/bench_speakers.py`` prints both),
         embeddings equal to the eager ones within 1e-5. The trace holds for any window length
         (the only data-dependent branch, ``frames > 1`` in the statistics pooling, is true for
-        every window the detector makes) and any batch size. The first two calls of a traced
-        graph are slow (the profiling executor specialises it), so they are made here, before
-        audio flows. If tracing fails, the eager network stays (logged).
+        every window the detector makes) and any batch size. If tracing fails, the eager
+        network stays (logged).
         """
-        x = self._fbank(np.full(SAMPLE_RATE_HZ, 0.01, dtype=np.float32)).unsqueeze(0)
-        x = x.to(self.device)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notes
                 traced = torch.jit.freeze(torch.jit.trace(self.net, x, check_trace=False).eval())
-                for _ in range(2):
-                    traced(x)
+                traced(x)  # a graph that cannot run is not kept
         except Exception as e:  # noqa: BLE001 - any failure leaves the working eager model
             log.warning("CAM++ could not be traced, using the eager model: %s", e)
             return
