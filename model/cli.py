@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,13 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument(
         "--quantize", default="auto", choices=["auto", "int8", "none"], help="as EmotionModel.load"
     )
+    p.add_argument(
+        "--context",
+        default="on",
+        choices=["on", "off"],
+        help="on: utterances of a dialogue see the turns before them through the checkpoint's "
+        "context model, if it has one (as in a live session); off: each utterance alone",
+    )
     _add_data_args(p)
     _split_args(p, train=False)
     args = p.parse_args(argv)
@@ -254,32 +262,70 @@ def evaluate_main(argv: list[str]) -> int:
         return 2
 
 
-def evaluate_samples(
-    model: Any, samples: list[Sample], cache_dir: str, modalities: set[str]
-) -> dict[str, Any]:
-    """Evaluate an :class:`EmotionModel` on samples through the feature cache."""
-    import dataclasses as dc
-
+def base_outputs(
+    model: Any, samples: list[Sample], cache_dir: str
+) -> tuple[Any, Any, Any, list[Any]]:
+    """The utterance network's logits (N, C) and fused features (N, D_F) for ``samples``
+    through the feature cache, and their label indices (N,)."""
     import numpy as np
 
     from .features import FeatureStore
+    from .train import encode_samples, outputs_encoded
+
+    cfg = model.cfg
+    store = FeatureStore(cfg, cache_dir, model.text_fe)
+    enc = encode_samples(samples, store, cfg.labels)
+    audio_dim = cfg.whisper_dim if cfg.audio_frontend == "whisper" else cfg.mel_bins
+    logits, feats = outputs_encoded(model.net, enc, model.net.text_dim, audio_dim)
+    return logits, feats, np.array([e.label for e in enc]), enc
+
+
+def _conversation_keys(samples: Sequence[Sample]) -> tuple[list[str], list[str]]:
+    """Dialogue and speaker per sample; an isolated clip is a dialogue of its own."""
+    groups = [s.dialogue or f"\x00{s.uid}" for s in samples]
+    return groups, [s.speaker for s in samples]
+
+
+def evaluate_samples(
+    model: Any,
+    samples: list[Sample],
+    cache_dir: str,
+    modalities: set[str],
+    context: bool = True,
+) -> dict[str, Any]:
+    """Evaluate an :class:`EmotionModel` on samples through the feature cache. With
+    ``context`` and a checkpoint that has a context model, samples of a dialogue see the
+    turns before them (causal), as in a live session; isolated clips are unaffected."""
+    import dataclasses as dc
+
+    import torch
+
+    from .context import model_logits, turn_data
     from .metrics import classification_report
-    from .train import encode_samples, predict_encoded
 
     cfg = model.cfg
     if "audio" not in modalities:
         samples = [dc.replace(s, audio_path=None) for s in samples]
     if "text" not in modalities:
         samples = [dc.replace(s, text=None) for s in samples]
-    store = FeatureStore(cfg, cache_dir, model.text_fe)
-    enc = encode_samples(samples, store, cfg.labels)
-    audio_dim = cfg.whisper_dim if cfg.audio_frontend == "whisper" else cfg.mel_bins
-    probs = predict_encoded(model.net, enc, model.net.text_dim, audio_dim)
-    y = np.array([e.label for e in enc])
+    logits, feats, y, enc = base_outputs(model, samples, cache_dir)
+    use_ctx = context and model.context is not None
+    n_ctx = 0
+    if use_ctx:
+        groups, speakers = _conversation_keys(samples)
+        td = turn_data(feats, logits, y, groups, speakers, model.context.cfg.turns)
+        n_ctx = int((td.hist >= 0).any(1).sum())
+        logits = model_logits(model.context, td).numpy()
+    probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
     rep = classification_report(y, probs.argmax(1), cfg.labels)
     rep["modalities_used"] = {
         "text": int(sum(e.text is not None for e in enc)),
         "audio": int(sum(e.audio is not None for e in enc)),
+    }
+    rep["context"] = {
+        "used": bool(use_ctx),
+        "utterances_with_history": n_ctx,
+        "turns": model.context.cfg.turns if use_ctx else 0,
     }
     return rep
 
@@ -292,7 +338,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = _load(args.data, args, "test", model.labels, model.cfg.context_turns)
     if not samples:
         raise ConfigError("no samples selected; check --test-actors / --test-sessions / --split")
-    rep = evaluate_samples(model, samples, args.cache_dir, set(args.modalities.split(",")))
+    rep = evaluate_samples(
+        model,
+        samples,
+        args.cache_dir,
+        set(args.modalities.split(",")),
+        context=args.context == "on",
+    )
     rep.update(
         model_id=model.model_id,
         int8_dynamic_quantization=model.quantized,
@@ -317,6 +369,109 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train-context
+def train_context_main(argv: list[str]) -> int:
+    """``emomon train-context``: train the causal conversation-context model (CFN-ESA-style,
+    emotion-shift aware) on top of a frozen utterance checkpoint, on dialogue corpora."""
+    from .context import ContextConfig
+
+    p = argparse.ArgumentParser(prog="emomon train-context", description=train_context_main.__doc__)
+    p.add_argument("--checkpoint", default=None, help="utterance checkpoint (default: shipped)")
+    p.add_argument(
+        "--out", required=True, help="new checkpoint folder: the utterance model + the context"
+    )
+    p.add_argument("--data", default="meld", help="dialogue corpora: meld, iemocap, manifest")
+    p.add_argument(
+        "--quantize",
+        default="auto",
+        choices=["auto", "int8", "none"],
+        help="the utterance model's path while making turn memories (as at inference)",
+    )
+    for f in dataclasses.fields(ContextConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    _add_data_args(p)
+    _split_args(p, train=True)
+    args = p.parse_args(argv)
+    try:
+        return _train_context(args)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train_context(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .checkpoint import DEFAULT_CHECKPOINT, weights_sha
+    from .context import ContextConfig, model_logits, save_context, train_context, turn_data
+    from .inference import EmotionModel
+    from .metrics import classification_report
+
+    cc = ContextConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ContextConfig)})
+    src = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    out = Path(args.out)
+    if out.resolve() == src.resolve():
+        raise ConfigError("--out must differ from --checkpoint (the source is copied into it)")
+    model = EmotionModel.load(src, device="cpu", quantize=args.quantize, context=False)
+    names = [n.strip() for n in args.data.split(",") if n.strip()]
+    data: dict[str, Any] = {}
+    for split in ("train", "dev"):
+        samples: list[Sample] = []
+        for n in names:
+            samples += _load(n, args, split, model.labels, model.cfg.context_turns)
+        samples = [s for s in samples if s.dialogue]
+        if not samples:
+            raise ConfigError(f"no {split} samples with dialogue structure in --data {args.data}")
+        logits, feats, y, _ = base_outputs(model, samples, args.cache_dir)
+        groups, speakers = _conversation_keys(samples)
+        data[split] = turn_data(feats, logits, y, groups, speakers, cc.turns)
+        print(f"{split}: {len(samples)} utterances", flush=True)
+    dev_y = data["dev"].labels.numpy()
+
+    def score(dev_logits: Any) -> float:
+        rep = classification_report(dev_y, dev_logits.argmax(1).numpy(), model.labels)
+        return float(rep["weighted_f1"])
+
+    base_dev = score(data["dev"].logits)
+    t0 = time.perf_counter()
+    ctx, report = train_context(cc, data["train"], data["dev"], score)
+    dev_rep = classification_report(
+        dev_y, model_logits(ctx, data["dev"]).argmax(1).numpy(), model.labels
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("config.json", "labels.json", "model.safetensors", "metrics.json"):
+        if (src / f).is_file():
+            shutil.copyfile(src / f, out / f)
+    save_context(
+        ctx,
+        out,
+        extra={
+            "command": "emomon train-context "
+            + " ".join(sys.argv[2:] if sys.argv[1:2] == ["train-context"] else sys.argv[1:]),
+            "utterance_model_sha256": weights_sha(src),
+            "data": names,
+            "n_train": len(data["train"].labels),
+            "n_dev": len(data["dev"].labels),
+            "dev_weighted_f1_without_context": base_dev,
+            "dev_weighted_f1": dev_rep["weighted_f1"],
+            "dev_accuracy": dev_rep["accuracy"],
+            "heads": report,
+            "train_s": round(time.perf_counter() - t0, 1),
+        },
+    )
+    print(
+        json.dumps(
+            {
+                "dev_weighted_f1_without_context": base_dev,
+                "dev_weighted_f1": dev_rep["weighted_f1"],
+                "dev_accuracy": dev_rep["accuracy"],
+                "out": str(out),
+            }
+        )
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 def bench_main(argv: list[str]) -> int:
     """``emomon bench-model``: parameters, checkpoint size, CPU latency and throughput."""
@@ -332,6 +487,12 @@ def bench_main(argv: list[str]) -> int:
         "--raw-audio", action="store_true", help="give PCM instead of precomputed Whisper frames"
     )
     p.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"])
+    p.add_argument(
+        "--history",
+        type=int,
+        default=8,
+        help="earlier turns given to each utterance (the context model's input; 0 = none)",
+    )
     p.add_argument("--out-json", default=None)
     args = p.parse_args(argv)
     try:
@@ -380,8 +541,19 @@ def _bench(args: argparse.Namespace) -> int:
             else (0.1 * rng.standard_normal(int(args.audio_s * 16000))).astype(np.float32),
         )
 
-    one = [make(0)]
-    many = [make(i) for i in range(32)]
+    history: tuple[Any, ...] = ()
+    if model.context is not None and args.history > 0:
+        from .context import ContextTurn
+
+        mem = model.predict([make(0)])[0].memory
+        assert mem is not None
+        history = tuple(ContextTurn(mem, i % 2 == 0) for i in range(args.history))
+
+    def with_history(x: EmotionInput) -> EmotionInput:
+        return dataclasses.replace(x, history=history)
+
+    one = [with_history(make(0))]
+    many = [with_history(make(i)) for i in range(32)]
     for _ in range(5):
         model.predict(one)
     lat = []
@@ -410,6 +582,10 @@ def _bench(args: argparse.Namespace) -> int:
         "latency_ms_batch1_p90": round(1000 * float(np.percentile(lat, 90)), 2),
         "throughput_utt_per_s_batch32": round(thr, 1),
         "audio_s": args.audio_s,
+        "context_turns": len(history),
+        "params_context_stored": sum(p.numel() for p in model.context.parameters())
+        if model.context is not None
+        else 0,
         "input": "PCM (Whisper encoder included)"
         if args.raw_audio
         else "text + precomputed Whisper frames (ASR pass excluded)",
@@ -420,7 +596,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "evaluate": evaluate_main, "bench-model": bench_main}
+COMMANDS = {
+    "train": train_main,
+    "train-context": train_context_main,
+    "evaluate": evaluate_main,
+    "bench-model": bench_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,9 @@ class Sample:
     group: str = ""  # speaker / actor / dialogue: what a split must keep together
     dataset: str = ""
     context: tuple[str, ...] = ()
+    # conversation structure for the context model: samples of one dialogue, listed in order
+    dialogue: str = ""  # "" = not part of a conversation (an isolated clip)
+    speaker: str = ""
 
 
 def map_label(corpus: str, raw: str, labels: Sequence[str] = MELD_LABELS) -> str | None:
@@ -169,6 +172,8 @@ def load_meld(
                 group=f"dia{dia}",
                 dataset="meld",
                 context=ctx,
+                dialogue=f"meld/{split}/dia{dia}",
+                speaker=r.get("Speaker", "").strip(),
             )
         )
     return samples
@@ -230,6 +235,9 @@ def load_iemocap(
                         group=f"Session{s}",
                         dataset="iemocap",
                         context=ctx,
+                        dialogue=f"iemocap/{dialog}",
+                        # Ses01F_impro01_F000: the last part's first letter is who speaks
+                        speaker=f"{dialog[:5]}{utt_id.rsplit('_', 1)[-1][:1]}",
                     )
                 )
     if not found:
@@ -338,7 +346,9 @@ def load_tess(root: str | Path, labels: Sequence[str] = MELD_LABELS) -> list[Sam
 # ----------------------------------------------------------------------- manifest
 def load_manifest(path: str | Path, labels: Sequence[str] = MELD_LABELS) -> list[Sample]:
     """A generic JSONL or CSV manifest with ``text``, ``audio`` (path, relative to the
-    manifest allowed), ``label`` and optional ``id``, ``group``, ``context`` (JSON list)."""
+    manifest allowed), ``label`` and optional ``id``, ``group``, ``context`` (JSON list),
+    ``dialogue`` and ``speaker`` (rows of one dialogue in conversation order: the context
+    model's input)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"manifest {path} not found")
@@ -381,6 +391,8 @@ def load_manifest(path: str | Path, labels: Sequence[str] = MELD_LABELS) -> list
                 group=str(r.get("group") or ""),
                 dataset="manifest",
                 context=tuple(ctx),
+                dialogue=str(r.get("dialogue") or ""),
+                speaker=str(r.get("speaker") or ""),
             )
         )
     return samples

@@ -249,12 +249,12 @@ class FeatureStore:
 
         if not self.cfg.uses_audio:
             return
-        todo = [s for s in samples if s.audio_path is not None]
         todo = [
             s
-            for s in todo
-            if not self.audio_cache.path(file_key(s.audio_path, self.audio_tag)).is_file()
-        ]  # type: ignore[arg-type]
+            for s in samples
+            if s.audio_path is not None
+            and not self.audio_cache.path(file_key(s.audio_path, self.audio_tag)).is_file()
+        ]
         for s in tqdm(todo, desc="audio features", disable=not progress or not todo):
             self.audio_cache.put(
                 file_key(s.audio_path, self.audio_tag), self._compute_audio(s.audio_path)

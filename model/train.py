@@ -253,10 +253,10 @@ def class_weight_tensor(train: Sequence[Encoded], n: int, mode: str) -> torch.Te
 
 
 @torch.inference_mode()
-def predict_encoded(
+def outputs_encoded(
     net: EmotionNet, data: Sequence[Encoded], text_dim: int, audio_dim: int, batch_size: int = 64
-) -> np.ndarray:
-    """Class probabilities (N, C) for cached samples."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) and fused CLS features (N, D_F) for cached samples (batched by length)."""
     net.eval()
 
     def key(i: int) -> tuple[int, int]:
@@ -264,12 +264,26 @@ def predict_encoded(
         return (0 if e.audio is None else 1, 0 if e.text is None else e.text.shape[0])
 
     order = sorted(range(len(data)), key=key)
-    probs = np.zeros((len(data), len(net.cfg.labels)), dtype=np.float32)
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        batch = collate([data[j] for j in idx], text_dim, audio_dim, net.cfg)
-        probs[idx] = torch.softmax(net(**batch).logits, -1).numpy()
-    return probs
+    logits = np.zeros((len(data), len(net.cfg.labels)), dtype=np.float32)
+    feats: np.ndarray | None = None
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            batch = collate([data[j] for j in idx], text_dim, audio_dim, net.cfg)
+            out = net(**batch)
+            if feats is None:
+                feats = np.zeros((len(data), out.features.shape[1]), dtype=np.float32)
+            logits[idx] = out.logits.float().numpy()
+            feats[idx] = out.features.float().numpy()
+    return logits, feats if feats is not None else np.zeros((0, 0), np.float32)
+
+
+def predict_encoded(
+    net: EmotionNet, data: Sequence[Encoded], text_dim: int, audio_dim: int, batch_size: int = 64
+) -> np.ndarray:
+    """Class probabilities (N, C) for cached samples."""
+    logits, _ = outputs_encoded(net, data, text_dim, audio_dim, batch_size)
+    return torch.softmax(torch.from_numpy(logits), -1).numpy()
 
 
 def dev_score(

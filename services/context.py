@@ -7,7 +7,7 @@ live in a worker's memory: it lives in Redis, next to the stream, one sorted set
 (see docs/DISTRIBUTED.md, "Per-session context", for the reasoning):
 
 * key ``{prefix}{session}``, member = canonical JSON of (utterance id, speaker, label, text,
-  start/end), score = the utterance's ``end_s`` (stream time). Ordering by stream time, not by
+  start/end, and the model's turn memory — fp16 features + logits, base64, ~1.7 kB), score = the utterance's ``end_s`` (stream time). Ordering by stream time, not by
   arrival, keeps the context right when two workers finish a session's utterances out of order.
 * Writing the same event twice (a redelivery after a crash) writes the same member: idempotent.
 * ``ZREMRANGEBYRANK`` keeps the last ``max_entries``; ``EXPIRE context_ttl_s`` forgets ended
@@ -18,6 +18,7 @@ The embedded mode uses :class:`InMemoryContextStore`, same interface, same bound
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import OrderedDict
@@ -43,11 +44,18 @@ class ContextEntry:
     start_s: float
     end_s: float
     text: str | None = None
+    memory: bytes | None = None  # the model's turn memory (fp16), what its context head reads
 
     @classmethod
     def from_event(cls, ev: EmotionEvent) -> ContextEntry:
         return cls(
-            ev.utterance_id, ev.speaker, ev.label, round(ev.start_s, 3), round(ev.end_s, 3), ev.text
+            ev.utterance_id,
+            ev.speaker,
+            ev.label,
+            round(ev.start_s, 3),
+            round(ev.end_s, 3),
+            ev.text,
+            ev.memory,
         )
 
     def to_json(self) -> str:
@@ -60,6 +68,7 @@ class ContextEntry:
                 "a": self.start_s,
                 "b": self.end_s,
                 "t": self.text,
+                "m": base64.b64encode(self.memory).decode("ascii") if self.memory else None,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -69,7 +78,16 @@ class ContextEntry:
     @classmethod
     def from_json(cls, raw: bytes | str) -> ContextEntry:
         d: dict[str, Any] = json.loads(raw)
-        return cls(d["u"], d["s"], d["l"], float(d["a"]), float(d["b"]), d.get("t"))
+        m = d.get("m")
+        return cls(
+            d["u"],
+            d["s"],
+            d["l"],
+            float(d["a"]),
+            float(d["b"]),
+            d.get("t"),
+            base64.b64decode(m) if m else None,
+        )
 
 
 class ContextStore(Protocol):

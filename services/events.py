@@ -39,10 +39,14 @@ class EmotionEvent:
     text: str | None = None  # None when text is withheld (--no-text)
     language: str | None = None
     speaker_provisional: bool = False
+    context_turns: int = 0  # earlier turns of the session the context model read
     emitted_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
     )
     schema_version: int = EVENT_SCHEMA_VERSION
+    # Not published: the turn memory the model left for later turns' context (fp16 bytes);
+    # the worker stores it in the session's context store.
+    memory: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def event_id(self) -> str:
@@ -66,6 +70,7 @@ class EmotionEvent:
             "model_id": self.model_id,
             "latency_ms": round(self.latency_ms, 1),
             "stage_ms": {k: round(v, 1) for k, v in self.stage_ms.items()},
+            "context_turns": self.context_turns,
             "emitted_at": self.emitted_at,
         }
         if self.text is not None:
@@ -96,6 +101,7 @@ class EmotionEvent:
             text=d.get("text"),
             language=d.get("language"),
             speaker_provisional=d.get("speaker_provisional", False),
+            context_turns=int(d.get("context_turns", 0)),
             emitted_at=d["emitted_at"],
             schema_version=d["schema_version"],
         )

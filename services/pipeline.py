@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from emomon.services.context import InMemoryContextStore
 from emomon.services.events import EmotionEvent
 from emomon.services.publish.base import Sink
 from emomon.services.queue.memory import InProcessQueue
@@ -389,7 +390,11 @@ class Pipeline:
         self.settings = settings
         self.sinks = list(sinks)
         self.transcriber = transcriber or Transcriber(transcriber_config(settings))
-        self.worker = worker or FusionWorker(settings.worker)
+        # each session's earlier turns, for the model's conversation context (bounded, LRU + TTL)
+        self.context = InMemoryContextStore(ttl_s=settings.redis.context_ttl_s)
+        self.worker = worker or FusionWorker(settings.worker, context=self.context)
+        if self.worker.context is None and getattr(self.worker.model, "context", None) is not None:
+            self.worker.context = self.context if settings.worker.context else None
         self.stats = PipelineStats()
         self.queue = InProcessQueue(settings.worker.queue_size)
 
@@ -408,6 +413,8 @@ class Pipeline:
             events = await self.worker.classify(batch)
             t0 = time.perf_counter()
             await self.worker.publish(events, self.sinks)
+            if self.worker.context is not None:
+                await self.worker.context.append(events)
             sink_ms = (time.perf_counter() - t0) * 1000 / max(1, len(events))
             self.stats.sink_ms.extend([sink_ms] * len(events))
             self.stats.events += len(events)

@@ -145,6 +145,11 @@ class WorkerSettings(_Section):
     queue_size: int = Field(256, ge=1, le=1_000_000, description="in-process queue bound")
     include_text: bool = Field(True, description="put transcripts in events (--no-text turns off)")
     use_audio: bool = True
+    context: bool = Field(
+        True,
+        description="conversation context: the model reads each session's earlier turns "
+        "(if the checkpoint has a context model); false = every utterance alone",
+    )
     torch_threads: int = Field(
         1,
         ge=0,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from emomon.services.context import ContextEntry, ContextStore
 from emomon.services.events import EmotionEvent
 from emomon.services.publish.base import Sink
 from emomon.services.settings import WorkerSettings
@@ -63,7 +64,12 @@ def load_model(settings: WorkerSettings) -> EmotionClassifier:
 class FusionWorker:
     """Classifies batches of utterances and publishes the events."""
 
-    def __init__(self, settings: WorkerSettings, model: EmotionClassifier | None = None):
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        model: EmotionClassifier | None = None,
+        context: ContextStore | None = None,
+    ):
         self.settings = settings
         set_torch_threads(settings.torch_threads)
         self.model = model if model is not None else load_model(settings)
@@ -76,12 +82,55 @@ class FusionWorker:
         cfg = getattr(self.model, "cfg", None)
         self.frames_window: str | None = getattr(cfg, "whisper_window", None)
         self.frames_recomputed = 0
+        # Conversation context: earlier turns come from ``context`` (the pipeline's or Redis's
+        # store, which the caller appends to after publishing); off without a context model.
+        ctx_model = getattr(self.model, "context", None)
+        self.context = context if settings.context and ctx_model is not None else None
+        self._memory_bytes = 2 * int(getattr(ctx_model, "memory_dim", 0) or 0)
+        self.context_errors = 0  # store reads that failed (classified without context)
+        self.context_skipped = 0  # stored turns whose memory does not fit this model
 
-    def _inputs(self, utts: Sequence[Utterance]) -> list[Any]:
+    async def histories(self, utts: Sequence[Utterance]) -> list[tuple[Any, ...]]:
+        """Each utterance's earlier turns (oldest first) from the context store; a store that
+        fails is logged and counted, and the batch is classified without context."""
+        if self.context is None:
+            return [()] * len(utts)
+        import numpy as np
+
+        from emomon.model.context import ContextTurn
+
+        entries: dict[str, list[ContextEntry]] = {}
+        for s in dict.fromkeys(u.session for u in utts):
+            try:
+                entries[s] = await self.context.recent(s)
+            except Exception as e:  # noqa: BLE001 - Redis down must not stop classification
+                self.context_errors += 1
+                log.warning("context store read for session %s failed: %s", s, e)
+                entries[s] = []
+        out: list[tuple[Any, ...]] = []
+        for u in utts:
+            turns = []
+            # one turn per utterance id: a redelivered utterance may have been stored twice
+            latest = {t.utterance_id: t for t in entries[u.session]}
+            for t in sorted(latest.values(), key=lambda t: t.end_s):
+                if t.utterance_id == u.utterance_id or t.end_s > u.end_s or not t.memory:
+                    continue
+                if len(t.memory) != self._memory_bytes:
+                    self.context_skipped += 1
+                    continue
+                turns.append(
+                    ContextTurn(np.frombuffer(t.memory, np.float16), t.speaker == u.speaker)
+                )
+            out.append(tuple(turns))
+        return out
+
+    def _inputs(
+        self, utts: Sequence[Utterance], histories: Sequence[tuple[Any, ...]] | None = None
+    ) -> list[Any]:
         from emomon.model import EmotionInput
 
         out = []
-        for u in utts:
+        for i, u in enumerate(utts):
             text = u.text if self.settings.use_text and u.text.strip() else None
             audio = u.audio_float32() if self.settings.use_audio and u.pcm.size else None
             frames = u.whisper_frames if audio is not None else None
@@ -97,14 +146,26 @@ class FusionWorker:
                     )
                 self.frames_recomputed += 1
                 frames = None
-            out.append(EmotionInput(text=text, audio=audio, whisper_frames=frames))
+            ctx = self.context is not None
+            out.append(
+                EmotionInput(
+                    text=text,
+                    audio=audio,
+                    whisper_frames=frames,
+                    history=histories[i] if histories is not None else (),
+                    session=u.session if ctx else None,
+                    speaker=u.speaker if ctx else None,
+                )
+            )
         return out
 
-    def classify_sync(self, utts: Sequence[Utterance]) -> list[EmotionEvent]:
+    def classify_sync(
+        self, utts: Sequence[Utterance], histories: Sequence[tuple[Any, ...]] | None = None
+    ) -> list[EmotionEvent]:
         if not utts:
             return []
         t0 = time.perf_counter()
-        preds = self.model.predict(self._inputs(utts))
+        preds = self.model.predict(self._inputs(utts, histories))
         fusion_s = time.perf_counter() - t0
         now = time.time()
         events = []
@@ -130,6 +191,8 @@ class FusionWorker:
                     text=u.text if self.settings.include_text else None,
                     language=u.language,
                     speaker_provisional=u.speaker_provisional,
+                    context_turns=int(getattr(p, "context_turns", 0) or 0),
+                    memory=m.tobytes() if (m := getattr(p, "memory", None)) is not None else None,
                 )
             )
         self.batches += 1
@@ -137,8 +200,10 @@ class FusionWorker:
         return events
 
     async def classify(self, utts: Sequence[Utterance]) -> list[EmotionEvent]:
+        utts = list(utts)
+        hist = await self.histories(utts) if self.context is not None else None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.classify_sync, list(utts))
+        return await loop.run_in_executor(self._pool, self.classify_sync, utts, hist)
 
     async def publish(self, events: Sequence[EmotionEvent], sinks: Sequence[Sink]) -> None:
         """Hand each event to every sink; a failing sink is counted and logged, the others go on."""

@@ -1,4 +1,4 @@
-"""``emomon train``, ``emomon evaluate``, ``emomon bench-model``: the emotion model's life cycle.
+"""``emomon train``, ``emomon train-context``, ``emomon evaluate``, ``emomon bench-model``: the emotion model's life cycle.
 
 Arguments are passed through untouched to ``emomon.model.cli`` (``emomon train --help`` lists
 them); ``services/cli.py`` dispatches these names before its own parsing.
@@ -11,6 +11,11 @@ from collections.abc import Callable
 
 COMMANDS = (
     ("train", "train_main", "train an emotion model (MELD / IEMOCAP / RAVDESS / TESS / manifest)"),
+    (
+        "train-context",
+        "train_context_main",
+        "train the causal conversation-context model on dialogues (MELD / IEMOCAP / manifest)",
+    ),
     (
         "evaluate",
         "evaluate_main",

@@ -200,6 +200,16 @@ async def serve_worker(
     await warm_up(clf)
     sinks = list(sinks) if sinks is not None else _default_sinks(settings)
     metrics = Metrics()
+    store = RedisContextStore(client, settings.redis.context_ttl_s)
+    from emomon.services.worker import FusionWorker
+
+    if (
+        isinstance(clf, FusionWorker)
+        and clf.context is None
+        and settings.worker.context
+        and getattr(clf.model, "context", None) is not None
+    ):
+        clf.context = store  # it reads each session's earlier turns from the store it fills
     worker = RedisStreamWorker(
         client,
         settings.redis,
@@ -207,7 +217,7 @@ async def serve_worker(
         clf,
         sinks,
         metrics=metrics,
-        context=RedisContextStore(client, settings.redis.context_ttl_s),
+        context=store,
     )
     server = (
         MetricsServer(metrics, worker.health, port=settings.metrics.port)

@@ -35,7 +35,16 @@ pytestmark = [
 ]
 
 
-def test_meld_test_text_only_reproduces_results_md(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("context", "row_start", "bold"),
+    [
+        ("on", "| MELD test (2,610 utt.)", True),  # the headline: as a live session sees it
+        ("off", "| — each utterance alone (`--context off`)", False),
+    ],
+)
+def test_meld_test_text_only_reproduces_results_md(
+    tmp_path: Path, context: str, row_start: str, bold: bool
+) -> None:
     out = tmp_path / "meld.json"
     r = subprocess.run(
         [
@@ -49,6 +58,8 @@ def test_meld_test_text_only_reproduces_results_md(tmp_path: Path) -> None:
             str(MELD),
             "--split",
             "test",
+            "--context",
+            context,
             "--out-json",
             str(out),
             "--cache-dir",
@@ -63,9 +74,14 @@ def test_meld_test_text_only_reproduces_results_md(tmp_path: Path) -> None:
     row = next(
         line
         for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines()
-        if line.startswith("| MELD test (2,610 utt.)")
+        if line.startswith(row_start)
     )
-    acc, wf1 = (float(x) for x in re.findall(r"\*\*([\d.]+)\*\*", row)[:2])
+    cells = [c.strip() for c in row.split("|")[2:4]]
+    acc, wf1 = (float(re.sub(r"\*", "", c)) for c in cells)
+    assert all(c.startswith("**") == bold for c in cells), row
     assert rep["n"] == 2610 and rep["modalities_used"].get("text") == 2610
+    assert rep["context"]["used"] == (context == "on")
+    if context == "on":  # every utterance but each dialogue's first has earlier turns
+        assert rep["context"]["utterances_with_history"] == 2610 - 280
     assert rep["accuracy"] == pytest.approx(acc, abs=0.05)
     assert rep["weighted_f1"] == pytest.approx(wf1, abs=0.05)

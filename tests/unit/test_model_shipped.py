@@ -57,3 +57,23 @@ def test_int8_text_states_have_their_own_cache_key(model: EmotionModel) -> None:
     fp32 = EmotionModel.load(None, device="cpu", quantize="none")
     assert fp32.text_fe is not None and not fp32.text_fe.tag.endswith("|int8")
     assert fp32.text_fe.tag + "|int8" == model.text_fe.tag
+
+
+def test_shipped_context_model_belongs_to_the_shipped_network(model: EmotionModel) -> None:
+    """The context model was trained on this utterance network's turn memories, and a
+    session's second turn reads the first."""
+    from emomon.model.checkpoint import weights_sha
+    from emomon.model.context import ContextTurn
+
+    meta = json.loads((DEFAULT_CHECKPOINT / "context.json").read_text())
+    assert meta["trained"]["utterance_model_sha256"] == weights_sha(DEFAULT_CHECKPOINT)
+    assert model.context is not None and "+ctx@" in model.model_id
+    first = model.predict([EmotionInput("You won't believe what happened to me today!")])[0]
+    assert first.context_turns == 0 and first.memory is not None
+    reply = EmotionInput("What? No way! Are you serious?")
+    alone = model.predict([reply])[0]
+    after = model.predict(
+        [EmotionInput(reply.text, history=(ContextTurn(first.memory, same_speaker=False),))]
+    )[0]
+    assert after.context_turns == 1 and alone.context_turns == 0
+    assert after.probabilities != alone.probabilities
