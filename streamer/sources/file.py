@@ -20,6 +20,9 @@ import numpy as np
 from emomon.streamer.sources.base import AudioChunk, SourceError
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
+# 100 ms per chunk, also at real-time pace. Measured 2026-12-03 (benchmarks/bench_pipeline.py):
+# 20 ms chunks like a mic or RTP cut the N=1 p95 by ~25 ms (median of 7 runs 1.01 s vs 1.035 s),
+# but at N=4 the per-chunk overhead made turn detection shed windows and WER rose 0.235 -> 0.24-0.35.
 CHUNK_MS = 100
 
 
@@ -72,11 +75,19 @@ class FileSource:
     """An audio file replayed as a source; one channel per file channel."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, realtime: bool = False, chunk_ms: int = CHUNK_MS
+        self,
+        path: str | os.PathLike[str],
+        *,
+        realtime: bool = False,
+        chunk_ms: int | None = None,
     ):
         self.path = Path(path)
         self.name = f"file:{self.path}"
         self.realtime = realtime
+        if chunk_ms is None:
+            chunk_ms = CHUNK_MS
+        if chunk_ms < 1:
+            raise SourceError(f"chunk_ms must be >= 1, got {chunk_ms}")
         self.chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
         self.channels = probe_channels(self.path)
         # A mono recording may hold a whole room or a mixed call; separate channels hold one person each.
