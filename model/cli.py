@@ -25,6 +25,7 @@ from .datasets import (
     load_meld,
     load_ravdess,
     load_tess,
+    manifest_has_split,
     parse_actor_range,
 )
 from .errors import ConfigError, ModelError
@@ -114,6 +115,8 @@ def _load(
     if name == "manifest":
         if not args.manifest:
             raise ConfigError("--data manifest needs --manifest")
+        if manifest_has_split(args.manifest):  # a ``split`` column: train / dev / test rows
+            return load_manifest(args.manifest, labels, part)
         return load_manifest(args.manifest, labels) if part in ("train", "test") else []
     raise ConfigError(f"unknown dataset {name!r}; use meld, ravdess, tess, iemocap, manifest")
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import DatasetError
 
@@ -344,12 +345,7 @@ def load_tess(root: str | Path, labels: Sequence[str] = MELD_LABELS) -> list[Sam
 
 
 # ----------------------------------------------------------------------- manifest
-def load_manifest(path: str | Path, labels: Sequence[str] = MELD_LABELS) -> list[Sample]:
-    """A generic JSONL or CSV manifest with ``text``, ``audio`` (path, relative to the
-    manifest allowed), ``label`` and optional ``id``, ``group``, ``context`` (JSON list),
-    ``dialogue`` and ``speaker`` (rows of one dialogue in conversation order: the context
-    model's input)."""
-    path = Path(path)
+def _manifest_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DatasetError(f"manifest {path} not found")
     if path.suffix.lower() in (".jsonl", ".json"):
@@ -363,8 +359,29 @@ def load_manifest(path: str | Path, labels: Sequence[str] = MELD_LABELS) -> list
             rows = list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     else:
         raise DatasetError(f"manifest {path}: use .jsonl or .csv")
+    return rows
+
+
+def manifest_has_split(path: str | Path) -> bool:
+    """Whether the manifest's rows say which split they belong to (a ``split`` column)."""
+    return any(r.get("split") for r in _manifest_rows(Path(path)))
+
+
+def load_manifest(
+    path: str | Path, labels: Sequence[str] = MELD_LABELS, split: str | None = None
+) -> list[Sample]:
+    """A generic JSONL or CSV manifest with ``text``, ``audio`` (path, relative to the
+    manifest allowed), ``label`` and optional ``id``, ``group``, ``context`` (JSON list),
+    ``dialogue`` and ``speaker`` (rows of one dialogue in conversation order: the context
+    model's input) and ``split`` (train | dev | test). With ``split`` given, only rows of that
+    split are kept — all rows if the manifest has no ``split`` column."""
+    path = Path(path)
+    rows = _manifest_rows(path)
     samples: list[Sample] = []
+    has_split = any(r.get("split") for r in rows)
     for i, r in enumerate(rows):
+        if split is not None and has_split and str(r.get("split") or "").strip() != split:
+            continue
         if "label" not in r:
             raise DatasetError(f"manifest {path} row {i + 1}: missing 'label'")
         label = str(r["label"]).strip().lower()
