@@ -137,6 +137,29 @@ def _split_args(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--test-sessions", default="5", help="IEMOCAP sessions for testing")
 
 
+def _add_fields(p: argparse.ArgumentParser, cls: Any) -> None:
+    """One ``--flag`` per field of the dataclass ``cls``, typed and defaulted like the field."""
+    for f in dataclasses.fields(cls):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+
+
+def _run(fn: Any, args: argparse.Namespace) -> int:
+    """Run a command; a ModelError is one line on stderr and exit status 2."""
+    try:
+        return int(fn(args))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _training_command(p: argparse.ArgumentParser, fields: Any, fn: Any, argv: list[str]) -> int:
+    """The common tail of a training command: its recipe's flags, data and split flags, run."""
+    _add_fields(p, fields)
+    _add_data_args(p)
+    _split_args(p, train=True)
+    return _run(fn, p.parse_args(argv))
+
+
 # ----------------------------------------------------------------------------- train
 def train_main(argv: list[str]) -> int:
     """``emomon train``: cache frozen features, train, keep the best checkpoint."""
@@ -165,16 +188,7 @@ def train_main(argv: list[str]) -> int:
         default=0,
         help="use a seeded random subset of this many TESS clips (0 = all)",
     )
-    for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    _add_data_args(p)
-    _split_args(p, train=True)
-    args = p.parse_args(argv)
-    try:
-        return _train(args)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _training_command(p, TrainConfig, _train, argv)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -390,16 +404,7 @@ def train_context_main(argv: list[str]) -> int:
         choices=["auto", "int8", "none"],
         help="the utterance model's path while making turn memories (as at inference)",
     )
-    for f in dataclasses.fields(ContextConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    _add_data_args(p)
-    _split_args(p, train=True)
-    args = p.parse_args(argv)
-    try:
-        return _train_context(args)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _training_command(p, ContextConfig, _train_context, argv)
 
 
 def _train_context(args: argparse.Namespace) -> int:

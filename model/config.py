@@ -120,12 +120,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown config fields {sorted(unknown)}; is the checkpoint newer than the code?"
-            )
+        check_fields(cls, d, "config")
         d = dict(d)
         for k in ("labels", "modalities", "mel_patch"):
             if k in d and d[k] is not None:
@@ -162,3 +157,12 @@ def field_names() -> list[str]:
 
 
 __all__ = ["ModelConfig", "VARIANTS", "variant_config", "field_names"]
+
+
+def check_fields(cls: Any, d: dict[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass ``cls`` (a newer writer, or a typo)."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(
+            f"unknown {what} fields {sorted(unknown)}; is the checkpoint newer than the code?"
+        )

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import check_fields
 from .errors import CheckpointError, ConfigError
 
 CONTEXT_WEIGHTS = "context.safetensors"
@@ -72,10 +73,7 @@ class ContextConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContextConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown context config fields {sorted(unknown)}")
+        check_fields(cls, d, "context config")
         return cls(**d)
 
 
