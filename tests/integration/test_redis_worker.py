@@ -243,6 +243,52 @@ def test_session_context_lives_in_redis_in_stream_time_order(
     asyncio.run(main())
 
 
+def test_two_workers_share_a_sessions_context_through_redis(
+    redis_server: RedisServer, classifier: Any
+) -> None:
+    """Each turn of a session is classified by whichever worker gets it; both read the earlier
+    turns' memories from Redis, so the n-th turn sees n - 1 (up to the model's 8)."""
+
+    async def main() -> None:
+        client = connect(redis_server.url)
+        settings = RedisSettings(url=redis_server.url, stream="t:ctx2", context_ttl_s=60)
+        store = RedisContextStore(client, ttl_s=60)
+        assert classifier.model.context is not None
+        classifier.context = store
+        sinks = [ListSink(), ListSink()]
+        workers = [
+            RedisStreamWorker(
+                client,
+                settings,
+                WorkerSettings(device="cpu", max_batch=1, max_wait_ms=1),
+                classifier,
+                [sinks[k]],
+                consumer=f"w{k}",
+                context=store,
+            )
+            for k in range(2)
+        ]
+        await workers[0].ensure_group()
+        utts = [synthetic_utterance(i, session="ctx2") for i in range(5)]
+        seen: list[int] = []
+        for n, u in enumerate(utts, 1):  # one at a time, as a live session produces them
+            await _xadd(client, settings.stream, [u])
+            await _run_until(
+                workers, lambda n=n: len(sinks[0].events) + len(sinks[1].events) >= n, 30
+            )
+            ev = next(e for s in sinks for e in s.events if e.utterance_id == u.utterance_id)
+            seen.append(ev.context_turns)
+        assert seen == [0, 1, 2, 3, 4]
+        stored = await store.recent("ctx2")
+        assert all(e.memory is not None and len(e.memory) == 2 * 647 for e in stored)
+        await client.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        classifier.context = None
+
+
 def test_worker_rides_out_a_redis_restart(classifier: Any) -> None:
     """Redis goes away under a running worker and comes back empty: the group is re-created, work resumes."""
     server = RedisServer().start()

@@ -205,3 +205,36 @@ def test_worker_feeds_a_sessions_earlier_turns_from_the_store(ckpt) -> None:
     off = FusionWorker(WorkerSettings(context=False), model=model, context=store)
     assert off.context is None
     off.close()
+
+
+def test_a_failing_context_store_is_counted_and_the_utterance_still_classified(ckpt) -> None:
+    from emomon.services.settings import WorkerSettings
+    from emomon.services.worker import FusionWorker
+    from emomon.streamer.utterance import Utterance
+
+    class DownStore:
+        async def append(self, events) -> None:  # pragma: no cover - not reached
+            raise ConnectionError("redis went away")
+
+        async def recent(self, session, speaker=None, n=None):
+            raise ConnectionError("redis went away")
+
+    model = EmotionModel.load(ckpt, device="cpu")
+    worker = FusionWorker(WorkerSettings(), model=model, context=DownStore())
+    u = Utterance(
+        session="s",
+        speaker="A",
+        channel="0",
+        utterance_id="s/1",
+        start_s=0.0,
+        end_s=1.0,
+        end_wall=0.0,
+        pcm=np.zeros(16000, np.int16),
+        text="hello",
+    )
+    try:
+        events = asyncio.run(worker.classify([u]))
+    finally:
+        worker.close()
+    assert len(events) == 1 and events[0].context_turns == 0
+    assert worker.context_errors == 1
