@@ -263,6 +263,13 @@ def evaluate_main(argv: list[str]) -> int:
         "--quantize", default="auto", choices=["auto", "int8", "none"], help="as EmotionModel.load"
     )
     p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="utterances per forward pass; 1 (default) = a live session at low load. With int8 "
+        "on CPU, larger batches are faster but shift answers slightly",
+    )
+    p.add_argument(
         "--context",
         default="on",
         choices=["on", "off"],
@@ -280,20 +287,24 @@ def evaluate_main(argv: list[str]) -> int:
 
 
 def base_outputs(
-    model: Any, samples: list[Sample], cache_dir: str
+    model: Any, samples: list[Sample], cache_dir: str, batch_size: int = 1
 ) -> tuple[Any, Any, Any, list[Any]]:
     """The utterance network's logits (N, C) and fused features (N, D_F) for ``samples``
-    through the feature cache, and their label indices (N,)."""
+    through the feature cache, and their label indices (N,). ``batch_size`` 1 is what a live
+    session does at low load; with int8 on CPU larger batches change answers slightly (dynamic
+    quantisation scales activations per batch, and the padding of batch-mates is counted)."""
     import numpy as np
 
     from .features import FeatureStore
     from .train import encode_samples, outputs_encoded
 
     cfg = model.cfg
-    store = FeatureStore(cfg, cache_dir, model.text_fe)
+    store = FeatureStore(cfg, cache_dir, model.text_fe, text_batch=batch_size)
     enc = encode_samples(samples, store, cfg.labels)
     audio_dim = cfg.whisper_dim if cfg.audio_frontend == "whisper" else cfg.mel_bins
-    logits, feats = outputs_encoded(model.net, enc, model.net.text_dim, audio_dim)
+    logits, feats = outputs_encoded(
+        model.net, enc, model.net.text_dim, audio_dim, batch_size=batch_size
+    )
     return logits, feats, np.array([e.label for e in enc]), enc
 
 
@@ -309,6 +320,7 @@ def evaluate_samples(
     cache_dir: str,
     modalities: set[str],
     context: bool = True,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Evaluate an :class:`EmotionModel` on samples through the feature cache. With
     ``context`` and a checkpoint that has a context model, samples of a dialogue see the
@@ -325,7 +337,7 @@ def evaluate_samples(
         samples = [dc.replace(s, audio_path=None) for s in samples]
     if "text" not in modalities:
         samples = [dc.replace(s, text=None) for s in samples]
-    logits, feats, y, enc = base_outputs(model, samples, cache_dir)
+    logits, feats, y, enc = base_outputs(model, samples, cache_dir, batch_size)
     use_ctx = context and model.context is not None
     n_ctx = 0
     if use_ctx:
@@ -339,6 +351,7 @@ def evaluate_samples(
         "text": int(sum(e.text is not None for e in enc)),
         "audio": int(sum(e.audio is not None for e in enc)),
     }
+    rep["batch_size"] = batch_size
     rep["context"] = {
         "used": bool(use_ctx),
         "utterances_with_history": n_ctx,
@@ -361,6 +374,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.cache_dir,
         set(args.modalities.split(",")),
         context=args.context == "on",
+        batch_size=args.batch_size,
     )
     rep.update(
         model_id=model.model_id,
@@ -404,6 +418,13 @@ def train_context_main(argv: list[str]) -> int:
         choices=["auto", "int8", "none"],
         help="the utterance model's path while making turn memories (as at inference)",
     )
+    p.add_argument(
+        "--memory-batch-size",
+        type=int,
+        default=1,
+        help="utterances per forward pass; 1 (default) = a live session at low load. With int8 "
+        "on CPU, larger batches are faster but shift answers slightly",
+    )
     return _training_command(p, ContextConfig, _train_context, argv)
 
 
@@ -430,7 +451,7 @@ def _train_context(args: argparse.Namespace) -> int:
         samples = [s for s in samples if s.dialogue]
         if not samples:
             raise ConfigError(f"no {split} samples with dialogue structure in --data {args.data}")
-        logits, feats, y, _ = base_outputs(model, samples, args.cache_dir)
+        logits, feats, y, _ = base_outputs(model, samples, args.cache_dir, args.memory_batch_size)
         groups, speakers = _conversation_keys(samples)
         data[split] = turn_data(feats, logits, y, groups, speakers, cc.turns)
         print(f"{split}: {len(samples)} utterances", flush=True)
@@ -460,6 +481,7 @@ def _train_context(args: argparse.Namespace) -> int:
             "data": names,
             "n_train": len(data["train"].labels),
             "n_dev": len(data["dev"].labels),
+            "memory_batch_size": args.memory_batch_size,
             "dev_weighted_f1_without_context": base_dev,
             "dev_weighted_f1": dev_rep["weighted_f1"],
             "dev_accuracy": dev_rep["accuracy"],

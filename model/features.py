@@ -193,10 +193,19 @@ class FeatureStore:
     """
 
     def __init__(
-        self, cfg: ModelConfig, cache_dir: str | Path, text_frontend: TextFrontEnd | None = None
+        self,
+        cfg: ModelConfig,
+        cache_dir: str | Path,
+        text_frontend: TextFrontEnd | None = None,
+        text_batch: int = 64,
     ) -> None:
         self.cfg = cfg
         self.text_fe = text_frontend
+        # int8 text states depend on their batch-mates (dynamic quantisation scales activations
+        # per batch): such states are cached per batch size; fp32 ones are batch-invariant
+        if text_batch < 1:
+            raise ValueError(f"text_batch must be >= 1, got {text_batch}")
+        self.text_batch = text_batch
         self.audio_fe = AudioFrontEnd(cfg)
         self.text_cache = NpyCache(cache_dir, "text-states")
         wtag = (
@@ -214,14 +223,16 @@ class FeatureStore:
 
     def _text_key(self, s: Sample) -> str:
         assert self.text_fe is not None
-        return text_key(
-            f"{s.text}\x1f{context_string(s.context, self.cfg.context_turns)}", self.text_fe.tag
-        )
+        tag = self.text_fe.tag
+        if tag.endswith("|int8") and self.text_batch != 64:  # 64: what earlier caches used
+            tag += f"|b{self.text_batch}"
+        return text_key(f"{s.text}\x1f{context_string(s.context, self.cfg.context_turns)}", tag)
 
     def prefetch_text(
-        self, samples: Sequence[Sample], batch_size: int = 64, progress: bool = True
+        self, samples: Sequence[Sample], batch_size: int | None = None, progress: bool = True
     ) -> None:
         """Compute and cache text states for all samples that miss the cache."""
+        batch_size = batch_size or self.text_batch
         from tqdm import tqdm
 
         if self.text_fe is None or not self.cfg.uses_text:
