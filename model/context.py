@@ -275,14 +275,17 @@ def turn_data(
     )
 
 
+def _history(d: TurnData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (hist, same, valid) inputs of turns ``idx``: their earlier turns' memories."""
+    hi = d.hist[idx]
+    hc = hi.clamp_min(0)
+    return torch.cat([d.feats[hc], d.logits[hc]], -1), d.same[idx], hi >= 0
+
+
 def _head_forward(
     head: ContextHead, d: TurnData, idx: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    hi = d.hist[idx]
-    valid = hi >= 0
-    hc = hi.clamp_min(0)
-    mem = torch.cat([d.feats[hc], d.logits[hc]], -1)
-    corr, esa = head(d.feats[idx], mem, d.same[idx], valid)
+    corr, esa = head(d.feats[idx], *_history(d, idx))
     return d.logits[idx] + corr, esa
 
 
@@ -354,17 +357,13 @@ def train_context(
 
 
 def model_logits(model: ContextModel, d: TurnData, batch: int = 512) -> torch.Tensor:
-    """The averaged heads' logits for every turn of ``d`` (teacher-forced history)."""
+    """The averaged heads' logits for every turn of ``d`` (history from ``d`` itself)."""
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(d.labels), batch):
             idx = torch.arange(i, min(i + batch, len(d.labels)))
-            hi = d.hist[idx]
-            valid = hi >= 0
-            hc = hi.clamp_min(0)
-            mem = torch.cat([d.feats[hc], d.logits[hc]], -1)
-            out.append(model(d.feats[idx], d.logits[idx], mem, d.same[idx], valid))
+            out.append(model(d.feats[idx], d.logits[idx], *_history(d, idx)))
     return torch.cat(out)
 
 

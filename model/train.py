@@ -266,15 +266,14 @@ def outputs_encoded(
     order = sorted(range(len(data)), key=key)
     logits = np.zeros((len(data), len(net.cfg.labels)), dtype=np.float32)
     feats: np.ndarray | None = None
-    with torch.inference_mode():
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            batch = collate([data[j] for j in idx], text_dim, audio_dim, net.cfg)
-            out = net(**batch)
-            if feats is None:
-                feats = np.zeros((len(data), out.features.shape[1]), dtype=np.float32)
-            logits[idx] = out.logits.float().numpy()
-            feats[idx] = out.features.float().numpy()
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        batch = collate([data[j] for j in idx], text_dim, audio_dim, net.cfg)
+        out = net(**batch)
+        if feats is None:
+            feats = np.zeros((len(data), out.features.shape[1]), dtype=np.float32)
+        logits[idx] = out.logits.float().numpy()
+        feats[idx] = out.features.float().numpy()
     return logits, feats if feats is not None else np.zeros((0, 0), np.float32)
 
 
