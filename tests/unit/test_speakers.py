@@ -56,7 +56,8 @@ def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
     alone = [emb.embed([w])[0] for w in wins]
     got: dict[int, np.ndarray] = {}
     passes = emb.passes
-    with emb._lock:  # a pass is running: the three requests queue up behind it
+    shared = emb._passes
+    with shared._lock:  # a pass is running: the three requests queue up behind it
         threads = [
             threading.Thread(target=lambda i=i: got.__setitem__(i, emb.embed([wins[i]])[0]))
             for i in range(3)
@@ -64,9 +65,9 @@ def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
         for t in threads:
             t.start()
         deadline = time.time() + 10
-        while len(emb._waiting) < 3 and time.time() < deadline:
+        while len(shared._waiting) < 3 and time.time() < deadline:
             time.sleep(0.005)
-        assert len(emb._waiting) == 3
+        assert len(shared._waiting) == 3
     for t in threads:
         t.join(10)
     assert emb.passes == passes + 1  # one forward pass for the three of them

@@ -104,3 +104,55 @@ def test_under_load_the_short_windows_are_skipped_and_long_ones_still_find_turns
     cuts = _run(det, pcm, fine=False)  # the caller lags real time on every update
     _check(cuts, bounds, 0.5)
     assert det.cuts["short"] == 0 and det.short_skipped > 0
+
+
+@pytest.fixture(scope="module")
+def segmentation():
+    from emomon.services.pipeline import shared_segmentation
+
+    return shared_segmentation()
+
+
+def _with_frames(embedder, segmentation) -> TurnDetector:
+    return TurnDetector(
+        embedder,
+        OnlineSpeakerClustering(num_speakers=2),
+        window_s=1.2,
+        hop_s=0.25,
+        change_window_s=0.6,
+        change_hop_s=0.1,
+        change_confirm=2,
+        segmentation=segmentation,
+    )
+
+
+@pytest.mark.parametrize("span", [(10.6, 14.2), (14.5, 17.9)])
+def test_frames_veto_window_cuts_inside_one_voice(embedder, segmentation, call_pcm, span):
+    """At the start of a session the clustering splits the one voice it has heard in two (it
+    was told there are two people), so the long windows propose turns inside that voice; the
+    frames show one voice there and drop them."""
+    pcm = call_pcm[int(span[0] * SR) : int(span[1] * SR)]
+    plain = TurnDetector(
+        embedder,
+        OnlineSpeakerClustering(num_speakers=2),
+        window_s=1.2,
+        hop_s=0.25,
+        change_window_s=0.6,
+        change_hop_s=0.1,
+        change_confirm=2,
+    )
+    assert _run(plain, pcm), "the windows alone cut this one voice"
+    det = _with_frames(embedder, segmentation)
+    assert _run(det, pcm) == []
+    assert det.vetoed > 0
+
+
+def test_frames_find_turns_as_soon_as_the_windows(embedder, segmentation, turns, long_only):
+    pcm, bounds = turns
+    det = _with_frames(embedder, segmentation)
+    cuts = _run(det, pcm)
+    _check(cuts, bounds[1:], 0.5)
+    assert det.cuts["long"] == 0  # every change was found before the long windows could
+    found = [(c, decided) for c, decided in cuts if c > bounds[0] - 0.5]
+    delays = [decided - b for b in bounds[1:] for c, decided in found if abs(c - b) <= 0.5]
+    assert max(delays) < 0.8, delays
