@@ -115,7 +115,7 @@ def main() -> int:
     args = ap.parse_args()
     extra = overrides(args.sets)
 
-    from emomon.services.pipeline import shared_embedder, transcriber_config
+    from emomon.services.pipeline import shared_embedder, shared_segmentation, transcriber_config
     from emomon.services.settings import load_settings
     from emomon.services.worker import FusionWorker
     from emomon.streamer.transcriber import Transcriber
@@ -124,6 +124,8 @@ def main() -> int:
     transcriber = Transcriber(transcriber_config(base))
     worker = FusionWorker(base.worker)
     shared_embedder()
+    if base.speakers.segmentation:
+        shared_segmentation()
     print(
         f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}"
     )

@@ -2,12 +2,14 @@
 
 Part 1: CAM++ milliseconds per call (one 0.5 s window) with 1 and 2 PyTorch intra-op threads,
 called from the main thread and from a worker thread, as the pipeline calls it; then per window
-of the detector's two lengths, alone and four per pass, traced (as the pipeline runs it) and eager.
+of the detector's two lengths, alone and four per pass, traced (as the pipeline runs it) and eager;
+then the segmentation network (frame-level turns) per window of 1, 2 and 3 s, alone and four
+per pass.
 Part 2: VAD + turn detection over the call, as fast as it decodes, per detector setting:
 wall time, number of segments, agreement with the RTTM, and how long after a turn change
 (or end of speech) each segment was closed (p50/p95, stream time). Usage:
 
-    .venv/bin/python benchmarks/bench_speakers.py [--settings '{}' '{"change_window_s": 0.6}']
+    .venv/bin/python benchmarks/bench_speakers.py [--settings '{"segmentation": false}' '{}']
 """
 
 from __future__ import annotations
@@ -74,6 +76,26 @@ def embed_cost(repeats: int = 60) -> None:
                 )
 
 
+def segmentation_cost(repeats: int = 40) -> None:
+    from emomon.services.pipeline import shared_segmentation
+
+    seg = shared_segmentation()
+    w = [np.random.default_rng(i).normal(0, 0.1, 48000).astype(np.float32) for i in range(4)]
+    for win_s in (1.0, 2.0, 3.0):
+        n = int(win_s * 16000)
+        for batch in (1, 4):
+            ws = [a[:n] for a in w[:batch]]
+            seg.frames(ws)
+            t0 = time.perf_counter()
+            for _ in range(repeats // 4):
+                seg.frames(ws)
+            per = (time.perf_counter() - t0) / (repeats // 4) / batch
+            print(
+                f"segmentation {'traced' if seg.jit else 'eager'}, {win_s} s windows, 1 thread, "
+                f"{batch} per pass: {per * 1000:.1f} ms per window"
+            )
+
+
 def turns(over: dict) -> str:
     from bench_turns import detect
 
@@ -97,7 +119,7 @@ def main() -> int:
     ap.add_argument(
         "--settings",
         nargs="+",
-        default=['{"change_window_s": 0}', '{"change_window_s": 0.6}'],
+        default=['{"segmentation": false}', "{}"],
         help="speakers.* overrides as JSON, one detector setting each",
     )
     args = ap.parse_args()
@@ -106,6 +128,7 @@ def main() -> int:
     from emomon.services.worker import set_torch_threads
 
     set_torch_threads(1)
+    segmentation_cost()
     print(
         f"\n{'speakers.* overrides':<40} {'wall':>8} {'segs':>5}  {'agree':>6}  closed after change p50 / p95"
     )

@@ -8,10 +8,13 @@ other with no pause or one shorter than the VAD hang-over, as in a lively call),
 through a telephone line (8 kHz band limit and G.711 μ-law), with exact reference turns. The
 real call is printed last, for information. Per setting: mean speaker agreement (as the
 end-to-end test scores it), segments, and how long after a turn change (or end of speech) each
-segment was closed (stream time, p50 / p95). No ASR, no fusion. Usage:
+segment was closed (stream time, p50 / p95), the wall time of detection (one thread,
+as fast as the audio decodes), and the cuts each resolution made
+(frames / short windows / long windows) with the long-window cuts the frames vetoed. No ASR,
+no fusion. Usage:
 
     .venv/bin/python benchmarks/bench_turns.py --ravdess ../shared/data/ravdess \
-        [--conversations 16] [--settings '{}' '{"change_window_s": 0.6}' ...]
+        [--conversations 16] [--settings '{"segmentation": false}' '{}' ...]
 """
 
 from __future__ import annotations
@@ -108,7 +111,11 @@ def write_wav(path: Path, x: np.ndarray) -> None:
         w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
 
 
-async def detect(path: Path, over: dict) -> tuple[list[tuple[float, float, str, float]], float]:
+async def detect(
+    path: Path, over: dict, counts: dict[str, int] | None = None
+) -> tuple[list[tuple[float, float, str, float]], float]:
+    """Segments (start, end, speaker, closed after) and wall time; ``counts`` (if given) gains
+    the cuts each resolution made and the window cuts the frames vetoed."""
     from emomon.services.pipeline import PipelineStats, SpeakerStage, segmenter_config, speech
     from emomon.services.settings import load_settings
     from emomon.streamer.segmenter import Segmenter
@@ -125,18 +132,22 @@ async def detect(path: Path, over: dict) -> tuple[list[tuple[float, float, str, 
         src.chunks(), Segmenter(segmenter_config(s)), stage, PipelineStats()
     ):
         out.append((seg.start_s, seg.end_s, who, seg.hangover_s))
+    if counts is not None:
+        for det in stage._detectors.values():
+            for kind, n in {**det.cuts, "vetoed": det.vetoed}.items():
+                counts[kind] = counts.get(kind, 0) + n
     return out, time.perf_counter() - t0
 
 
 def score(
-    items: list[tuple[Path, list]], over: dict
+    items: list[tuple[Path, list]], over: dict, counts: dict[str, int] | None = None
 ) -> tuple[float, float, int, list[float], float]:
     sys.path.insert(0, str(ROOT))
     from tests.helpers.scoring import speaker_agreement
 
     agree, worst, segs, late, wall = [], 1.0, 0, [], 0.0
     for path, turns in items:
-        out, dt = asyncio.run(detect(path, over))
+        out, dt = asyncio.run(detect(path, over, counts))
         a = speaker_agreement(turns, [(s, e, w) for s, e, w, _ in out]) if out else 0.0
         agree.append(a)
         worst = min(worst, a)
@@ -156,7 +167,7 @@ def main() -> int:
     ap.add_argument(
         "--settings",
         nargs="+",
-        default=['{"change_window_s": 0}', '{"change_window_s": 0.6}'],
+        default=['{"segmentation": false}', "{}"],
         help="speakers.* overrides as JSON, one detector setting each",
     )
     args = ap.parse_args()
@@ -178,16 +189,19 @@ def main() -> int:
         )
         print(
             f"{'speakers.* overrides':<58} {'agree':>6} {'worst':>6} {'segs':>5} "
-            f"{'closed p50/p95':>15} {'CPU s':>6} | call: agree segs  p50/p95"
+            f"{'closed p50/p95':>15} {'wall s':>6} {'cuts f/s/l/veto':>15} | call: agree segs  p50/p95"
         )
         call = [(CALL, read_rttm(CALL.with_suffix(".rttm")))]
         for item in args.settings:
             over = json.loads(item)
-            a, worst, n, late, wall = score(synth, over)
+            counts: dict[str, int] = {}
+            a, worst, n, late, wall = score(synth, over, counts)
             ca, _, cn, clate, _ = score(call, over)
+            cuts = "/".join(str(counts.get(k, 0)) for k in ("frames", "short", "long", "vetoed"))
             print(
                 f"{json.dumps(over):<58} {a:6.3f} {worst:6.3f} {n:5d} "
-                f"{np.percentile(late, 50):6.2f}/{np.percentile(late, 95):5.2f} s {wall:6.1f} | "
+                f"{np.percentile(late, 50):6.2f}/{np.percentile(late, 95):5.2f} s {wall:6.1f} "
+                f"{cuts:>15} | "
                 f"{ca:5.3f} {cn:4d} {np.percentile(clate, 50):5.2f}/{np.percentile(clate, 95):4.2f} s",
                 flush=True,
             )
