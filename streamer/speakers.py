@@ -12,7 +12,9 @@ online clustering of speaker embeddings:
 * while a segment is open, a :class:`TurnDetector` embeds sliding windows (``window_s`` long,
   every ``hop_s``) and asks the segmenter to cut when the last ``confirm`` windows belong to
   another speaker than the segment so far — in a call, turns often follow each other with
-  no pause that a VAD could see;
+  no pause that a VAD could see; the pyannote segmentation network
+  (:mod:`emomon.streamer.segmentation`) places those cuts to within a frame, sooner, and
+  vetoes the ones where it hears one voice only;
 * :class:`OnlineSpeakerClustering` re-clusters the session's windows as they come (Ward
   linkage; a known number of speakers, or a centroid-similarity threshold) and maps clusters
   onto the labels already given, so labels stay stable; a speaker stays *provisional* until

@@ -12,6 +12,7 @@ from emomon.services.commands.run import add_pipeline_flags, open_sources, pipel
 from emomon.services.publish.base import SinkError
 from emomon.services.publish.jsonl import PerSessionJsonlSink
 from emomon.services.worker import WorkerError
+from emomon.streamer.shared_models import SpeakerModelError
 from emomon.streamer.sources.base import SourceError
 from emomon.streamer.transcriber import TranscriberError
 
@@ -46,7 +47,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     per_session = PerSessionJsonlSink(out)
     try:
         stats = asyncio.run(_run(settings, sessions, [per_session]))
-    except (SourceError, SinkError, WorkerError, TranscriberError) as e:
+    except (SourceError, SinkError, WorkerError, TranscriberError, SpeakerModelError) as e:
         raise CliError(str(e)) from e
     if stats is None:
         return 130

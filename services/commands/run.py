@@ -15,6 +15,7 @@ from emomon.services.publish.base import Sink, SinkError
 from emomon.services.settings import Settings
 from emomon.services.signals import install_stop_handlers
 from emomon.services.worker import WorkerError
+from emomon.streamer.shared_models import SpeakerModelError
 from emomon.streamer.sources.base import AudioSource, SourceError
 from emomon.streamer.transcriber import TranscriberError
 
@@ -145,7 +146,7 @@ def run_sessions(
     sessions = open_sources(settings, specs)
     try:
         stats = asyncio.run(_run(settings, sessions, extra_sinks))
-    except (SourceError, SinkError, WorkerError, TranscriberError) as e:
+    except (SourceError, SinkError, WorkerError, TranscriberError, SpeakerModelError) as e:
         raise CliError(str(e)) from e
     if stats is None:
         return 130

