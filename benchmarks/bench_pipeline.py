@@ -3,7 +3,9 @@
 Replays tests/data/phone-call-2spk.wav at real-time pace (like a live source), N copies in
 parallel in one process (one session each), and prints end-of-speech -> event latency p50/p95
 split by stage (VAD hang-over, speaker attribution, ASR, queue, fusion, sink), speaker-turn
-agreement and WER against the call's reference (as the end-to-end test scores them), then the
+agreement and WER against the call's reference (as the end-to-end test scores them), the turn
+detector's cuts by resolution (frames / short / long windows), long-window cuts the frames
+vetoed and updates whose short windows were shed under load (all sessions), then the
 peak RSS of a separate `emomon run` process. Latency runs from the moment the end of speech
 was *played* (the real-time clock of the replay), so time spent in a backlog counts. Usage:
 
@@ -68,6 +70,31 @@ async def run_parallel(
     sessions = [(f"call-{i + 1}", FileSource(CALL, realtime=True)) for i in range(n)]
     stats = await p.run(sessions)
     return stats.events_list, stats.sink_ms
+
+
+DETECTORS: list = []  # every TurnDetector the sessions create, for their counters
+
+
+def watch_detectors() -> None:
+    from emomon.streamer import speakers
+
+    init = speakers.TurnDetector.__init__
+
+    def recording_init(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        init(self, *a, **kw)
+        DETECTORS.append(self)
+
+    speakers.TurnDetector.__init__ = recording_init  # type: ignore[method-assign]
+
+
+def turn_counts() -> str:
+    """Cuts by resolution (frames / short / long), long-window cuts vetoed, updates whose
+    short windows were shed under load: summed over the sessions of one run."""
+    c = {k: sum(d.cuts[k] for d in DETECTORS) for k in ("frames", "short", "long")}
+    veto = sum(d.vetoed for d in DETECTORS)
+    shed = sum(d.short_skipped for d in DETECTORS)
+    DETECTORS.clear()
+    return f"{c['frames']}/{c['short']}/{c['long']}/{veto}/{shed}"
 
 
 def quality(events: list) -> tuple[float, float]:  # type: ignore[type-arg]
@@ -136,6 +163,8 @@ def main() -> int:
     header = "N  events  p50 ms  p95 ms  agree   WER  | p95 by stage (ms): " + " ".join(
         f"{s:>12}" for s in (*STAGES, "sink")
     )
+    header += " | cuts f/s/l/veto/shed"
+    watch_detectors()
     print(header)
     for n in args.parallel:
         events, sink_ms = asyncio.run(run_parallel(n, transcriber, worker, args.speakers, extra))
@@ -147,7 +176,7 @@ def main() -> int:
         agree, err = quality(events)
         print(
             f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
-            f"  | {' ' * 19}{stage_cols}"
+            f"  | {' ' * 19}{stage_cols} | {turn_counts()}"
         )
         if args.per_utterance:
             first = min(e.session for e in events)

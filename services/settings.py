@@ -84,8 +84,8 @@ class SpeakerSettings(_Section):
         0.6,
         ge=0.05,
         le=10.0,
-        description="a turn the frames see only after this much of the new voice is left to the "
-        "speaker-embedding windows (it would close the utterance late)",
+        description="a turn the frames see only after this much of the new voice (when an "
+        "earlier read held enough of it) is left to the speaker-embedding windows",
     )
     turn_min_before_s: float = Field(
         0.3, ge=0.05, le=3.0, description="earlier voice heard before the new one counts as a turn"

@@ -263,7 +263,8 @@ class TurnDetector:
     * *frames*: the segmentation network (:mod:`emomon.streamer.segmentation`) reads the newest
       ``turn_window_s`` of the segment every ``turn_hop_s`` and marks, every 17 ms, which
       local voice talks; a cut where the newest voice took over, once ``turn_min_new_s`` (and
-      at most ``turn_max_new_s``) of it followed at least ``turn_min_before_s`` of another one.
+      at most ``turn_max_new_s``, unless the reads came late) of it followed at least
+      ``turn_min_before_s`` of another one.
       It finds *where* a change is, a few tenths of a second after it, but not *who* speaks.
       It also checks every cut the long windows propose: clustering noise (a voice split in
       two before the second person spoke, a window of one voice that lands in the other
@@ -325,6 +326,7 @@ class TurnDetector:
         self._short: list[tuple[int, str, float]] = []  # (window end, nearest label, sim margin)
         self._next_short = 0
         self._next_frames = 0  # segment length at which the frames are read next
+        self._frames_read = 0  # segment length at which the frames were read last
         self._current: str | None = None  # who speaks in the open segment, once known
         self._centroids: dict[str, np.ndarray] = {}
         # (start, label) of the part cut off last; label None: its windows did not tell
@@ -340,6 +342,7 @@ class TurnDetector:
         self._short = []
         self._next_short = self.cwin
         self._next_frames = 0
+        self._frames_read = 0
         self._current = None
 
     def _embed_new(self, pcm: np.ndarray) -> None:
@@ -384,17 +387,20 @@ class TurnDetector:
         if n < self._next_frames or n < (self.min_new_s + self.min_before_s) * SAMPLE_RATE_HZ:
             return None
         self._next_frames = n + self.shop
+        read_before, self._frames_read = self._frames_read, n
         off = max(0, n - self.swin)
         probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
         turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
         if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
             return None
-        if turn.new_s > self.max_new_s:
-            # A turn the frames see only long after it began (the network needed more of the
-            # new voice to tell them apart) would close the utterance late: the windows,
-            # which name the voices, decide those.
-            return None
         cut = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
+        if turn.new_s > self.max_new_s and cut + self.min_new_s * SAMPLE_RATE_HZ <= read_before:
+            # The previous read already held enough of the new voice and showed no turn: the
+            # network needed more of it to tell the voices apart, a sign of an unsure turn that
+            # would also close the utterance late; the windows, which name the voices, decide
+            # those. (A turn first seen this late because the updates came late, under load,
+            # is taken.)
+            return None
         return cut if 0 < cut < n else None
 
     def _frames_confirm(self, pcm: np.ndarray, cut: int) -> int | None:
@@ -449,6 +455,7 @@ class TurnDetector:
         self._short = [(e - cut, lab, m) for e, lab, m in self._short if e - sw >= cut]
         self._next_short -= cut
         self._next_frames = 0
+        self._frames_read = 0
         self._current = after
         self._seg_start = start_s + cut / SAMPLE_RATE_HZ
         self.cuts[kind] += 1

@@ -156,3 +156,14 @@ def test_frames_find_turns_as_soon_as_the_windows(embedder, segmentation, turns,
     found = [(c, decided) for c, decided in cuts if c > bounds[0] - 0.5]
     delays = [decided - b for b in bounds[1:] for c, decided in found if abs(c - b) <= 0.5]
     assert max(delays) < 0.8, delays
+
+
+def test_frames_take_turns_first_read_late_under_load(embedder, segmentation, turns):
+    # Under load the segment grows by a second between updates: a turn is first read with
+    # more than turn_max_new_s of the new voice, which the frames must still take (only turns
+    # an earlier read could have seen, and did not, are left to the windows).
+    pcm, bounds = turns
+    det = _with_frames(embedder, segmentation)
+    cuts = _run(det, pcm, step_s=1.0, fine=False)
+    _check(cuts, bounds, 0.5)
+    assert det.cuts["frames"] >= len(bounds) - 1, det.cuts
