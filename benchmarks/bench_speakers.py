@@ -64,16 +64,20 @@ def embed_cost(repeats: int = 60) -> None:
         for win_s in (0.6, 1.2):
             n = int(win_s * 16000)
             for batch in (1, 4):
-                ws = [np.resize(a, n) for a in w[:batch]]
-                e.embed(ws)
-                t0 = time.perf_counter()
-                for _ in range(repeats // 4):
-                    e.embed(ws)
-                per = (time.perf_counter() - t0) / (repeats // 4) / batch
+                per = per_window(e.embed, [np.resize(a, n) for a in w[:batch]], repeats // 4)
                 print(
                     f"CAM++ {'traced' if e.jit else 'eager'}, {win_s} s windows, 1 thread, "
                     f"{batch} per pass: {per * 1000:.1f} ms per window"
                 )
+
+
+def per_window(run, windows: list, calls: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per window of ``run(windows)`` (one warm-up call, then ``calls`` timed)."""
+    run(windows)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        run(windows)
+    return (time.perf_counter() - t0) / calls / len(windows)
 
 
 def segmentation_cost(repeats: int = 40) -> None:
@@ -84,12 +88,7 @@ def segmentation_cost(repeats: int = 40) -> None:
     for win_s in (1.0, 2.0, 3.0):
         n = int(win_s * 16000)
         for batch in (1, 4):
-            ws = [a[:n] for a in w[:batch]]
-            seg.frames(ws)
-            t0 = time.perf_counter()
-            for _ in range(repeats // 4):
-                seg.frames(ws)
-            per = (time.perf_counter() - t0) / (repeats // 4) / batch
+            per = per_window(seg.frames, [a[:n] for a in w[:batch]], repeats // 4)
             print(
                 f"segmentation {'traced' if seg.jit else 'eager'}, {win_s} s windows, 1 thread, "
                 f"{batch} per pass: {per * 1000:.1f} ms per window"

@@ -380,41 +380,45 @@ class TurnDetector:
             order = np.argsort(-sims)
             self._short.append((e, labels[order[0]], float(sims[order[0]] - sims[order[1]])))
 
+    def _newest_turn(self, pcm: np.ndarray) -> tuple[int, float] | None:
+        """Where (sample) the newest voice in the last ``turn_window_s`` took over, with how
+        much of it was heard (s); None when the frames show no such turn."""
+        assert self.seg is not None
+        off = max(0, pcm.shape[0] - self.swin)
+        probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
+        turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
+        if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
+            return None
+        at = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
+        return (at, turn.new_s) if 0 < at < pcm.shape[0] else None
+
     def _frame_turn(self, pcm: np.ndarray) -> int | None:
         """Sample at which the newest voice took over, from the segmentation frames."""
-        assert self.seg is not None
         n = pcm.shape[0]
         if n < self._next_frames or n < (self.min_new_s + self.min_before_s) * SAMPLE_RATE_HZ:
             return None
         self._next_frames = n + self.shop
         read_before, self._frames_read = self._frames_read, n
-        off = max(0, n - self.swin)
-        probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
-        turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
-        if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
+        found = self._newest_turn(pcm)
+        if found is None:
             return None
-        cut = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
-        if turn.new_s > self.max_new_s and cut + self.min_new_s * SAMPLE_RATE_HZ <= read_before:
+        cut, new_s = found
+        if new_s > self.max_new_s and cut + self.min_new_s * SAMPLE_RATE_HZ <= read_before:
             # The previous read already held enough of the new voice and showed no turn: the
             # network needed more of it to tell the voices apart, a sign of an unsure turn that
             # would also close the utterance late; the windows, which name the voices, decide
             # those. (A turn first seen this late because the updates came late, under load,
             # is taken.)
             return None
-        return cut if 0 < cut < n else None
+        return cut
 
-    def _frames_confirm(self, pcm: np.ndarray, cut: int) -> int | None:
+    def _frames_confirm(self, cut: int, pcm: np.ndarray) -> int | None:
         """The frames' turn near a cut the windows propose (its more precise place), or None
         when the frames show no turn there."""
-        assert self.seg is not None
-        n = pcm.shape[0]
-        off = max(0, n - self.swin)
-        probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
-        turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
-        if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
+        found = self._newest_turn(pcm)
+        if found is None or abs(found[0] - cut) > VERIFY_TOLERANCE_S * SAMPLE_RATE_HZ:
             return None
-        at = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
-        return at if abs(at - cut) <= VERIFY_TOLERANCE_S * SAMPLE_RATE_HZ and 0 < at < n else None
+        return found[0]
 
     def _same_segment(self, start_s: float) -> bool:
         # The segmenter cuts on VAD-frame boundaries, a few ms from where we asked.
@@ -479,7 +483,7 @@ class TurnDetector:
                 # The change lies between the centres of the last "old" and first "new" windows.
                 cut = int((first_new + last_old) / 2 + self.win / 2)
                 if self.seg is not None:
-                    cut = self._frames_confirm(pcm, cut) or 0
+                    cut = self._frames_confirm(cut, pcm) or 0
                     self.vetoed += not cut
                 if 0 < cut < pcm.shape[0]:
                     before = self._before(cut, current)

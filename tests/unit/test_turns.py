@@ -72,7 +72,7 @@ def test_long_windows_find_turns(long_only, turns):
     assert det.cuts["short"] == 0
 
 
-def _two_resolutions(embedder: SpeakerEmbedder) -> TurnDetector:
+def _two_resolutions(embedder: SpeakerEmbedder, segmentation=None) -> TurnDetector:
     return TurnDetector(
         embedder,
         OnlineSpeakerClustering(num_speakers=2),
@@ -81,6 +81,7 @@ def _two_resolutions(embedder: SpeakerEmbedder) -> TurnDetector:
         change_window_s=0.6,
         change_hop_s=0.1,
         change_confirm=2,
+        segmentation=segmentation,
     )
 
 
@@ -114,16 +115,7 @@ def segmentation():
 
 
 def _with_frames(embedder, segmentation) -> TurnDetector:
-    return TurnDetector(
-        embedder,
-        OnlineSpeakerClustering(num_speakers=2),
-        window_s=1.2,
-        hop_s=0.25,
-        change_window_s=0.6,
-        change_hop_s=0.1,
-        change_confirm=2,
-        segmentation=segmentation,
-    )
+    return _two_resolutions(embedder, segmentation)
 
 
 @pytest.mark.parametrize("span", [(10.6, 14.2), (14.5, 17.9)])
@@ -132,15 +124,7 @@ def test_frames_veto_window_cuts_inside_one_voice(embedder, segmentation, call_p
     was told there are two people), so the long windows propose turns inside that voice; the
     frames show one voice there and drop them."""
     pcm = call_pcm[int(span[0] * SR) : int(span[1] * SR)]
-    plain = TurnDetector(
-        embedder,
-        OnlineSpeakerClustering(num_speakers=2),
-        window_s=1.2,
-        hop_s=0.25,
-        change_window_s=0.6,
-        change_hop_s=0.1,
-        change_confirm=2,
-    )
+    plain = _two_resolutions(embedder)
     assert _run(plain, pcm), "the windows alone cut this one voice"
     det = _with_frames(embedder, segmentation)
     assert _run(det, pcm) == []
