@@ -327,6 +327,9 @@ class TurnDetector:
         self._next_short = 0
         self._next_frames = 0  # segment length at which the frames are read next
         self._frames_read = 0  # segment length at which the frames were read last
+        # The last read, keyed by (segment start, length): a long-window cut proposed in the
+        # update that just read the frames is checked without a second pass over the same audio.
+        self._last_read: tuple[tuple[float | None, int], tuple[int, float] | None] | None = None
         self._current: str | None = None  # who speaks in the open segment, once known
         self._centroids: dict[str, np.ndarray] = {}
         # (start, label) of the part cut off last; label None: its windows did not tell
@@ -384,13 +387,18 @@ class TurnDetector:
         """Where (sample) the newest voice in the last ``turn_window_s`` took over, with how
         much of it was heard (s); None when the frames show no such turn."""
         assert self.seg is not None
+        key = (self._seg_start, pcm.shape[0])
+        if self._last_read is not None and self._last_read[0] == key:
+            return self._last_read[1]
         off = max(0, pcm.shape[0] - self.swin)
         probs = self.seg.frames([pcm[off:].astype(np.float32) / 32768.0])[0]
         turn = find_turn(probs, self.seg.classes, self.seg.frame_step)
-        if turn is None or turn.new_s < self.min_new_s or turn.before_s < self.min_before_s:
-            return None
-        at = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
-        return (at, turn.new_s) if 0 < at < pcm.shape[0] else None
+        found = None
+        if turn is not None and turn.new_s >= self.min_new_s and turn.before_s >= self.min_before_s:
+            at = off + int(self.seg.frame_time(turn.onset) * SAMPLE_RATE_HZ)
+            found = (at, turn.new_s) if 0 < at < pcm.shape[0] else None
+        self._last_read = (key, found)
+        return found
 
     def _frame_turn(self, pcm: np.ndarray) -> int | None:
         """Sample at which the newest voice took over, from the segmentation frames."""
