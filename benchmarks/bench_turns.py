@@ -51,15 +51,9 @@ def telephone(x: np.ndarray) -> np.ndarray:
     """8 kHz band limit and G.711 μ-law (nearest code), back to 16 kHz."""
     from scipy.signal import resample_poly
 
-    from emomon.streamer.sources.g711 import decode_ulaw
+    from emomon.model.g711 import roundtrip
 
-    table = decode_ulaw(bytes(range(256))).astype(np.float64)
-    order = np.argsort(table)
-    levels = table[order]
-    y = resample_poly(x, 1, 2) * 32767
-    idx = np.clip(np.searchsorted(levels, y), 1, levels.size - 1)
-    nearer = np.where(np.abs(levels[idx - 1] - y) < np.abs(levels[idx] - y), idx - 1, idx)
-    y = levels[nearer] / 32768
+    y = roundtrip(resample_poly(x, 1, 2), "ulaw")
     return resample_poly(y, 2, 1).astype(np.float32)
 
 

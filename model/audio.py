@@ -60,6 +60,41 @@ def audio_is_usable(audio: np.ndarray | None) -> bool:
     return audio.size >= int(MIN_AUDIO_S * SAMPLE_RATE_HZ) and bool(np.any(audio != 0))
 
 
+#: Level the emotion model's audio is brought to before Whisper features (``WhisperWindow.level_dbfs``).
+DEFAULT_LEVEL_DBFS = -23.0
+#: Most gain :func:`normalize_level` applies: quieter input (silence, a dead line) stays quiet.
+MAX_GAIN_DB = 45.0
+
+
+def active_level_dbfs(audio: np.ndarray, frame_s: float = 0.02) -> float:
+    """The level of the louder half of ``audio``'s 20 ms frames, in dBFS (RMS; -inf if silent).
+
+    It scales exactly with a digital gain (every frame's RMS does), so normalising to it makes
+    the features of a clip independent of its recording level, while pauses and the quiet
+    tails of an utterance do not drag it down as a plain RMS would.
+    """
+    x = np.asarray(audio, dtype=np.float64).reshape(-1)
+    f = max(1, int(frame_s * SAMPLE_RATE_HZ))
+    n = x.size // f
+    if n == 0:
+        ms = float(np.mean(x**2)) if x.size else 0.0
+    else:
+        e = np.sort((x[: n * f].reshape(n, f) ** 2).mean(1))
+        ms = float(e[n // 2 :].mean())
+    return 10.0 * math.log10(ms) if ms > 0 else float("-inf")
+
+
+def normalize_level(audio: np.ndarray, target_dbfs: float = DEFAULT_LEVEL_DBFS) -> np.ndarray:
+    """``audio`` scaled so that :func:`active_level_dbfs` is ``target_dbfs`` (gain ≤ 45 dB),
+    then clipped to [-1, 1]. Silence stays silence."""
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    level = active_level_dbfs(x)
+    if not math.isfinite(level):
+        return x.copy()
+    gain_db = min(MAX_GAIN_DB, target_dbfs - level)
+    return np.clip(x * np.float32(10.0 ** (gain_db / 20.0)), -1.0, 1.0).astype(np.float32)
+
+
 def load_whisper_model(path: str | Path | None = None, cpu_threads: int = 0) -> Any:
     """Load the shipped Whisper tiny.en (CTranslate2) used for ASR and audio tokens."""
     from faster_whisper import WhisperModel
@@ -87,29 +122,39 @@ class WhisperWindow:
 
     min_s: float = 10.0
     margin_s: float = 8.0
+    # the audio is brought to this level (dBFS, :func:`normalize_level`) before the log-mel
+    # features; None = as recorded. Part of the recipe: spec suffix "/-23"
+    level_dbfs: float | None = None
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.min_s <= WHISPER_MAX_S:
             raise AudioError(f"encoder window min_s must be in 1..30 s, got {self.min_s}")
         if self.margin_s < 0:
             raise AudioError(f"encoder window margin_s must be >= 0 s, got {self.margin_s}")
+        if self.level_dbfs is not None and not -60.0 <= self.level_dbfs <= 0.0:
+            raise AudioError(f"level must be in -60..0 dBFS, got {self.level_dbfs}")
 
     @classmethod
     def parse(cls, spec: str) -> WhisperWindow:
-        """``"full"`` (30 s), or ``"MIN+MARGIN"`` in seconds, e.g. ``"10+8"``."""
-        if spec == "full":
-            return FULL_WINDOW
+        """``"full"`` (30 s), or ``"MIN+MARGIN"`` in seconds, e.g. ``"10+8"``; either may end in
+        ``/LEVEL`` (dBFS) to level-normalise the audio first, e.g. ``"10+8/-23"``."""
+        window, slash, level = str(spec).partition("/")
         try:
-            lo, _, margin = spec.partition("+")
-            return cls(float(lo), float(margin or 0.0))
+            lvl = float(level) if slash else None
+            if window == "full":
+                return cls(WHISPER_MAX_S, 0.0, lvl) if slash else FULL_WINDOW
+            lo, _, margin = window.partition("+")
+            return cls(float(lo), float(margin or 0.0), lvl)
         except ValueError as e:
             raise AudioError(
-                f"encoder window must be 'full' or 'MIN+MARGIN' seconds (e.g. '10+8'), got {spec!r}"
+                "encoder window must be 'full' or 'MIN+MARGIN' seconds (e.g. '10+8'), optionally "
+                f"with '/LEVEL' dBFS (e.g. '10+8/-23'), got {spec!r}"
             ) from e
 
     @property
     def spec(self) -> str:
-        return "full" if self.min_s >= WHISPER_MAX_S else f"{self.min_s:g}+{self.margin_s:g}"
+        w = "full" if self.min_s >= WHISPER_MAX_S else f"{self.min_s:g}+{self.margin_s:g}"
+        return w if self.level_dbfs is None else f"{w}/{self.level_dbfs:g}"
 
     def frames(self, content_frames: int, nb_max: int = 3000) -> int:
         """Window length in log-mel frames (100/s) for ``content_frames`` of speech."""
@@ -134,6 +179,8 @@ def encode_whisper(
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)[: int(WHISPER_MAX_S * SAMPLE_RATE_HZ)]
     if audio.size == 0:
         raise AudioError("empty audio has no Whisper frames; pass audio=None instead")
+    if window.level_dbfs is not None:
+        audio = normalize_level(audio, window.level_dbfs)
     features = whisper_model.feature_extractor(audio)  # (80, n+1) log-mel
     content_frames = features.shape[-1] - 1
     nb_max = whisper_model.feature_extractor.nb_max_frames

@@ -12,7 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("EMOMON_CACHE_DIR", "/root/.cache/emomon"))
+
+def default_cache_dir() -> Path:
+    """Where emomon keeps derived files: ``$EMOMON_CACHE_DIR`` if set, else the user's cache
+    folder (``$XDG_CACHE_HOME/emomon``, ``~/.cache/emomon`` on Linux; platformdirs elsewhere)."""
+    override = os.environ.get("EMOMON_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    from platformdirs import user_cache_dir  # honours XDG_CACHE_HOME
+
+    return Path(user_cache_dir("emomon", appauthor=False))
+
+
+#: :func:`default_cache_dir` as the process started (the CLI's ``--cache-dir`` default).
+DEFAULT_CACHE_DIR = default_cache_dir()
 
 
 def file_key(path: str | Path, tag: str) -> str:

@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cache import DEFAULT_CACHE_DIR
+from .cache import default_cache_dir
 from .config import VARIANTS, ModelConfig, field_names, variant_config
+from .data_dirs import DATA_DIR_ENV, data_dir
 from .datasets import (
+    IEMOCAP6_LABELS,
+    LABEL_SETS,
     Sample,
     load_iemocap,
     load_manifest,
@@ -27,26 +30,50 @@ from .datasets import (
     load_tess,
     manifest_has_split,
     parse_actor_range,
+    split_dialogues,
 )
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, DatasetError, ModelError
 
-SHARED = Path("/work/shared/data")
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every flag's default and keeps the epilog's line breaks."""
+
+
+#: the ``--help`` epilog of the commands that read data (docs/DATA.md says the same)
+DATA_HELP = f"""\
+data folders: the --<corpus>-dir flag, else $EMOMON_<CORPUS>_DIR, else ${DATA_DIR_ENV}/<corpus>
+  (one folder with meld/ ravdess/ tess/ iemocap/ in it).
+
+manifest (--data manifest --manifest FILE.jsonl|.csv|.tsv): one row per utterance.
+  label     required: one of the model's labels, e.g. MELD-7:
+            {", ".join(LABEL_SETS["meld7"])}
+  text      transcript; empty = an audio-only row
+  audio     clip path, absolute or relative to the manifest; empty = a text-only row
+  id        unique id (default: <manifest name>/<row number>)
+  group     what must stay on one side of a split (speaker, actor, dialogue)
+  split     train | dev | test: each command reads its own rows. Without a split column
+            every row is read for training and for evaluation, none for dev.
+  dialogue  rows of one conversation share it, listed in conversation order (what the
+            context model reads); empty = an isolated clip
+  speaker   who speaks the row within its dialogue
+  context   optional earlier utterances, a JSON list, oldest first
+"""
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--meld-dir", default=str(SHARED / "meld"), help="folder with MELD's *_sent_emo.csv"
-    )
+    g = p.add_argument_group("data", "folders: see 'data folders' below")
+    g.add_argument("--meld-dir", default=None, help="folder with MELD's *_sent_emo.csv")
     g.add_argument(
         "--meld-audio-dir", default=None, help="MELD.Raw folder with dia{D}_utt{U}.mp4|wav|flac"
     )
-    g.add_argument("--ravdess-dir", default=str(SHARED / "ravdess"))
-    g.add_argument("--tess-dir", default=str(SHARED / "tess"))
+    g.add_argument("--ravdess-dir", default=None, help="RAVDESS speech: the Actor_XX folders")
+    g.add_argument("--tess-dir", default=None, help="TESS clips (OAF_word_emotion.wav)")
     g.add_argument("--iemocap-dir", default=None, help="IEMOCAP_full_release (or its parent)")
-    g.add_argument("--manifest", default=None, help="JSONL/CSV manifest (text, audio, label)")
+    g.add_argument("--manifest", default=None, help="JSONL/CSV manifest: format below")
     g.add_argument(
-        "--cache-dir", default=str(DEFAULT_CACHE_DIR), help="where frozen features are cached"
+        "--cache-dir",
+        default=str(default_cache_dir()),
+        help="where frozen features are cached ($EMOMON_CACHE_DIR, else the user cache folder)",
     )
 
 
@@ -66,6 +93,15 @@ def _config_from_args(args: argparse.Namespace) -> ModelConfig:
         if not sep or k not in field_names():
             raise ConfigError(f"--set {kv!r}: use FIELD=VALUE with FIELD one of {field_names()}")
         overrides[k] = _parse_value(v)
+    if "text_encoder" in overrides and "text_encoder_id" not in overrides:
+        from .text_encoders import text_encoder_id
+
+        # the id keys the text-state cache: another encoder must not read MiniLM's states
+        overrides["text_encoder_id"] = text_encoder_id(str(overrides["text_encoder"]))
+    if getattr(args, "iemocap_labels", "7") == "6":
+        if "labels" in overrides and tuple(overrides["labels"]) != IEMOCAP6_LABELS:
+            raise ConfigError("--iemocap-labels 6 sets the labels; drop labels from --set")
+        overrides["labels"] = IEMOCAP6_LABELS
     for k in ("labels", "modalities", "mel_patch"):
         if k in overrides and isinstance(overrides[k], list):
             overrides[k] = tuple(overrides[k])
@@ -86,16 +122,21 @@ def _load(
             if not getattr(args, "split", None)
             else args.split
         )
-        return load_meld(args.meld_dir, split, args.meld_audio_dir, labels, ctx)
+        meld_dir = data_dir("meld", args.meld_dir)
+        return load_meld(meld_dir, split, args.meld_audio_dir, labels, ctx)
     if name == "ravdess":
         actors = {"train": args.train_actors, "dev": args.dev_actors, "test": args.test_actors}[
             part
         ]
-        return load_ravdess(args.ravdess_dir, parse_actor_range(actors), labels) if actors else []
+        if not actors:
+            return []
+        return load_ravdess(
+            data_dir("ravdess", args.ravdess_dir), parse_actor_range(actors), labels
+        )
     if name == "tess":
         if not (part == "train" or getattr(args, "tess_eval", False)):
             return []
-        tess = load_tess(args.tess_dir, labels)
+        tess = load_tess(data_dir("tess", args.tess_dir), labels)
         limit = getattr(args, "tess_max", 0)
         if limit and limit < len(tess):
             import numpy as np
@@ -106,12 +147,16 @@ def _load(
             tess = [tess[i] for i in sorted(order)]
         return tess
     if name == "iemocap":
-        if not args.iemocap_dir:
-            raise ConfigError("--data iemocap needs --iemocap-dir")
+        root = data_dir("iemocap", args.iemocap_dir)
+        fraction = getattr(args, "iemocap_dev_fraction", 0.0)
+        if fraction > 0 and part in ("train", "dev"):  # dev = whole dialogues of train sessions
+            pool = load_iemocap(root, _sessions(args.train_sessions), labels, ctx)
+            kept, held = split_dialogues(pool, fraction, seed=0)
+            return kept if part == "train" else held
         sess = {"train": args.train_sessions, "dev": args.dev_sessions, "test": args.test_sessions}[
             part
         ]
-        return load_iemocap(args.iemocap_dir, _sessions(sess), labels, ctx) if sess else []
+        return load_iemocap(root, _sessions(sess), labels, ctx) if sess else []
     if name == "manifest":
         if not args.manifest:
             raise ConfigError("--data manifest needs --manifest")
@@ -119,6 +164,54 @@ def _load(
             return load_manifest(args.manifest, labels, part)
         return load_manifest(args.manifest, labels) if part in ("train", "test") else []
     raise ConfigError(f"unknown dataset {name!r}; use meld, ravdess, tess, iemocap, manifest")
+
+
+def _split_name(name: str, args: argparse.Namespace, part: str) -> str:
+    """In words, which part of corpus ``name`` :func:`_load` reads for ``part``."""
+    if name == "meld":
+        return getattr(args, "split", None) or part
+    if name == "ravdess":
+        return f"actors {getattr(args, f'{part}_actors') or 'none'}"
+    if name == "tess":
+        if not (part == "train" or getattr(args, "tess_eval", False)):
+            return "none"
+        limit = getattr(args, "tess_max", 0)
+        return f"a seeded {limit} clips" if limit else "all"
+    if name == "iemocap":
+        fraction = getattr(args, "iemocap_dev_fraction", 0.0)
+        if fraction > 0 and part in ("train", "dev"):
+            side = "without" if part == "train" else "only"
+            return f"sessions {args.train_sessions}, {side} a seeded {fraction:g} of the dialogues"
+        return f"sessions {getattr(args, f'{part}_sessions') or 'none'}"
+    if name == "manifest" and args.manifest:
+        return f"rows with split={part}" if manifest_has_split(args.manifest) else "all rows"
+    return part
+
+
+def data_record(names: Sequence[str], args: argparse.Namespace, part: str) -> dict[str, Any]:
+    """Which corpora, folders and splits a command read: what its JSON output records."""
+    folders: dict[str, str | None] = {}
+    for n in names:
+        if n == "manifest":
+            folders[n] = str(Path(args.manifest).resolve()) if args.manifest else None
+            continue
+        try:
+            folders[n] = str(data_dir(n, getattr(args, f"{n}_dir", None)).resolve())
+        except DatasetError:
+            folders[n] = None
+        if n == "meld" and args.meld_audio_dir:
+            folders["meld_audio"] = str(Path(args.meld_audio_dir).resolve())
+    return {
+        "corpora": list(names),
+        "folders": folders,
+        "split": {n: _split_name(n, args, part) for n in names},
+    }
+
+
+def label_record(labels: Sequence[str]) -> dict[str, Any]:
+    """The label space by name (:data:`LABEL_SETS`; ``custom`` otherwise) and its classes."""
+    name = next((k for k, v in LABEL_SETS.items() if tuple(v) == tuple(labels)), "custom")
+    return {"name": name, "labels": list(labels)}
 
 
 def _split_args(p: argparse.ArgumentParser, train: bool) -> None:
@@ -135,12 +228,27 @@ def _split_args(p: argparse.ArgumentParser, train: bool) -> None:
     g.add_argument("--train-sessions", default="1-3", help="IEMOCAP sessions for training")
     g.add_argument("--dev-sessions", default="4", help="IEMOCAP sessions for early stopping")
     g.add_argument("--test-sessions", default="5", help="IEMOCAP sessions for testing")
+    if train:
+        g.add_argument(
+            "--iemocap-dev-fraction",
+            type=float,
+            default=0.0,
+            help="IEMOCAP: dev = this seeded fraction of the dialogues of --train-sessions "
+            "(held out of training; --dev-sessions is then unused; 0 = use --dev-sessions). "
+            "The standard split: --train-sessions 1-4 --iemocap-dev-fraction 0.1 "
+            "--test-sessions 5",
+        )
 
 
 def _add_fields(p: argparse.ArgumentParser, cls: Any) -> None:
     """One ``--flag`` per field of the dataclass ``cls``, typed and defaulted like the field."""
     for f in dataclasses.fields(cls):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(f.default),
+            default=f.default,
+            help=f"{cls.__name__}.{f.name}",
+        )
 
 
 def _run(fn: Any, args: argparse.Namespace) -> int:
@@ -165,17 +273,33 @@ def train_main(argv: list[str]) -> int:
     """``emomon train``: cache frozen features, train, keep the best checkpoint."""
     from .train import TrainConfig
 
-    p = argparse.ArgumentParser(prog="emomon train", description=train_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="emomon train",
+        description=train_main.__doc__,
+        formatter_class=HelpFormatter,
+        epilog=DATA_HELP,
+    )
     p.add_argument(
         "--data", default="meld,ravdess,tess", help="comma list: meld,ravdess,tess,iemocap,manifest"
     )
-    p.add_argument("--variant", default="full", choices=sorted(VARIANTS))
+    p.add_argument("--variant", default="full", choices=sorted(VARIANTS), help="config.VARIANTS")
     p.add_argument("--config-json", default=None, help="JSON file of ModelConfig overrides")
-    p.add_argument("--set", action="append", help="FIELD=VALUE ModelConfig override (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        help="FIELD=VALUE ModelConfig override (repeatable), e.g. text_encoder=all-mpnet-base-v2",
+    )
+    p.add_argument(
+        "--iemocap-labels",
+        default="7",
+        choices=["7", "6"],
+        help="7: IEMOCAP mapped onto the MELD classes; 6: IEMOCAP's hap, sad, neu, ang, exc, fru "
+        "as the model's own labels (happy, sad, neutral, angry, excited, frustrated)",
+    )
     p.add_argument(
         "--out", required=True, help="run folder (best/ = checkpoint, last.pt = resume state)"
     )
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if last.pt exists")
     p.add_argument(
         "--meld-train-fraction",
         type=float,
@@ -229,6 +353,9 @@ def _train(args: argparse.Namespace) -> int:
         "n_dev": len(dev_s),
         "ravdess_train_actors": args.train_actors if "ravdess" in names else None,
         "ravdess_dev_actors": args.dev_actors if "ravdess" in names else None,
+        "label_set": label_record(cfg.labels),
+        "train_data": data_record(names, args, "train"),
+        "dev_data": data_record(names, args, "dev"),
     }
     state = train(
         cfg, tc, tr_enc, dev_enc, text_fe, args.out, resume=not args.no_resume, extra_meta=meta
@@ -248,7 +375,12 @@ def _train(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------- evaluate
 def evaluate_main(argv: list[str]) -> int:
     """``emomon evaluate``: accuracy, weighted F1, per-class F1, confusion-matrix PNG."""
-    p = argparse.ArgumentParser(prog="emomon evaluate", description=evaluate_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="emomon evaluate",
+        description=evaluate_main.__doc__,
+        formatter_class=HelpFormatter,
+        epilog=DATA_HELP,
+    )
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint folder (default: the shipped one)"
     )
@@ -256,9 +388,9 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument("--split", default="test", help="MELD split: train | dev | test")
     p.add_argument("--tess-eval", action="store_true", help="evaluate on all of TESS")
     p.add_argument("--modalities", default="text,audio", help="use only these inputs (e.g. text)")
-    p.add_argument("--out-json", default=None)
-    p.add_argument("--out-png", default=None)
-    p.add_argument("--title", default=None)
+    p.add_argument("--out-json", default=None, help="write the full report (JSON) here")
+    p.add_argument("--out-png", default=None, help="write the confusion-matrix picture here")
+    p.add_argument("--title", default=None, help="the picture's title (default: data and scores)")
     p.add_argument(
         "--quantize", default="auto", choices=["auto", "int8", "none"], help="as EmotionModel.load"
     )
@@ -275,6 +407,33 @@ def evaluate_main(argv: list[str]) -> int:
         choices=["on", "off"],
         help="on: utterances of a dialogue see the turns before them through the checkpoint's "
         "context model, if it has one (as in a live session); off: each utterance alone",
+    )
+    p.add_argument(
+        "--fusion",
+        default="auto",
+        choices=["auto", "gated", "jfm"],
+        help="gated: text-led fusion with the checkpoint's audio expert and gate; jfm: the "
+        "utterance network's joint answer (the paper's method); auto: gated when available",
+    )
+    p.add_argument(
+        "--level",
+        default="as-recorded",
+        choices=["as-recorded", "peak", "peak-20"],
+        help="gated fusion: play the clips as recorded, peak-normalised to -1 dBFS, or that "
+        "attenuated by 20 dB (the level-invariance check)",
+    )
+    p.add_argument(
+        "--speaker-sessions",
+        action="store_true",
+        help="gated fusion: read each clip relative to its speaker's earlier clips (seeded order, "
+        "causal), as a live session reads each speaker; default: each clip alone",
+    )
+    p.add_argument("--no-veto", action="store_true", help="gated fusion without the text veto")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="count answers below this confidence as 'uncertain' (default: the checkpoint's)",
     )
     _add_data_args(p)
     _split_args(p, train=False)
@@ -347,6 +506,10 @@ def evaluate_samples(
         logits = model_logits(model.context, td).numpy()
     probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
     rep = classification_report(y, probs.argmax(1), cfg.labels)
+    from .gate import expected_calibration_error
+
+    rep["ece_15"] = round(100 * expected_calibration_error(probs, y), 2)
+    rep["fusion"] = "jfm"
     rep["modalities_used"] = {
         "text": int(sum(e.text is not None for e in enc)),
         "audio": int(sum(e.audio is not None for e in enc)),
@@ -364,26 +527,66 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .inference import EmotionModel
     from .metrics import plot_confusion
 
-    model = EmotionModel.load(args.checkpoint, device="cpu", quantize=args.quantize)
+    model = EmotionModel.load(
+        args.checkpoint, device="cpu", quantize=args.quantize, fusion=args.fusion
+    )
+    if args.min_confidence is not None:
+        model.min_confidence = args.min_confidence
     samples = _load(args.data, args, "test", model.labels, model.cfg.context_turns)
     if not samples:
         raise ConfigError("no samples selected; check --test-actors / --test-sessions / --split")
-    rep = evaluate_samples(
-        model,
-        samples,
-        args.cache_dir,
-        set(args.modalities.split(",")),
-        context=args.context == "on",
-        batch_size=args.batch_size,
+    if model.gate is not None:
+        from . import expert_data
+        from .evaluation import gated_report
+
+        gain = {"as-recorded": 0.0, "peak": expert_data.PEAK, "peak-20": expert_data.PEAK_MINUS_20}
+        rep = gated_report(
+            model,
+            samples,
+            args.cache_dir,
+            set(args.modalities.split(",")),
+            batch_size=args.batch_size,
+            context=args.context == "on",
+            gain_db=gain[args.level],
+            veto=not args.no_veto,
+            sessions=args.speaker_sessions,
+        )
+        rep["level_variant"] = args.level
+    else:
+        if args.level != "as-recorded" or args.speaker_sessions:
+            raise ConfigError(
+                "--level and --speaker-sessions need a checkpoint with text-led fusion"
+            )
+        rep = evaluate_samples(
+            model,
+            samples,
+            args.cache_dir,
+            set(args.modalities.split(",")),
+            context=args.context == "on",
+            batch_size=args.batch_size,
+        )
+    record = data_record([args.data], args, "test")
+    requested = sorted(m for m in args.modalities.split(",") if m)
+    with_text_context = (
+        sum(1 for s in samples if s.context and s.text)
+        if model.cfg.context_turns > 0 and "text" in requested
+        else 0
     )
+    # the earlier utterances' words as the text encoder's second segment (ModelConfig.context_turns)
+    rep["text_context"] = {
+        "turns": model.cfg.context_turns if with_text_context else 0,
+        "utterances_with_context": with_text_context,
+    }
     rep.update(
         model_id=model.model_id,
         int8_dynamic_quantization=model.quantized,
         checkpoint=str(args.checkpoint or "shipped default"),
         data=args.data,
-        split=args.split
-        if args.data == "meld"
-        else (args.test_actors if args.data == "ravdess" else None),
+        data_folders=record["folders"],
+        split=record["split"][args.data],
+        label_set=label_record(model.labels),
+        modalities_requested=requested,
+        model_modalities=list(model.cfg.modalities),
         command="emomon evaluate "
         + " ".join(sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]),
     )
@@ -406,7 +609,12 @@ def train_context_main(argv: list[str]) -> int:
     emotion-shift aware) on top of a frozen utterance checkpoint, on dialogue corpora."""
     from .context import ContextConfig
 
-    p = argparse.ArgumentParser(prog="emomon train-context", description=train_context_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="emomon train-context",
+        description=train_context_main.__doc__,
+        formatter_class=HelpFormatter,
+        epilog=DATA_HELP,
+    )
     p.add_argument("--checkpoint", default=None, help="utterance checkpoint (default: shipped)")
     p.add_argument(
         "--out", required=True, help="new checkpoint folder: the utterance model + the context"
@@ -505,25 +713,29 @@ def _train_context(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- bench
 def bench_main(argv: list[str]) -> int:
     """``emomon bench-model``: parameters, checkpoint size, CPU latency and throughput."""
-    p = argparse.ArgumentParser(prog="emomon bench-model", description=bench_main.__doc__)
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--device", default="cpu")
+    p = argparse.ArgumentParser(
+        prog="emomon bench-model", description=bench_main.__doc__, formatter_class=HelpFormatter
+    )
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (None: the shipped one)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls")
     p.add_argument(
         "--audio-s", type=float, default=3.0, help="utterance length for the audio input"
     )
     p.add_argument(
         "--raw-audio", action="store_true", help="give PCM instead of precomputed Whisper frames"
     )
-    p.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"])
+    p.add_argument(
+        "--quantize", default="auto", choices=["auto", "int8", "none"], help="as EmotionModel.load"
+    )
     p.add_argument(
         "--history",
         type=int,
         default=8,
         help="earlier turns given to each utterance (the context model's input; 0 = none)",
     )
-    p.add_argument("--out-json", default=None)
+    p.add_argument("--out-json", default=None, help="also write the results (JSON) here")
     args = p.parse_args(argv)
     try:
         return _bench(args)
@@ -631,6 +843,9 @@ COMMANDS = {
     "train-context": train_context_main,
     "evaluate": evaluate_main,
     "bench-model": bench_main,
+    "train-audio": lambda argv: __import__(
+        "emomon.model.audio_cli", fromlist=["train_audio_main"]
+    ).train_audio_main(argv),
 }
 
 

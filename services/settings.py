@@ -152,7 +152,8 @@ class AsrSettings(_Section):
     encoder_window: str = Field(
         "auto",
         description="Whisper encoder window: 'auto' (what the emotion checkpoint was trained "
-        "with), 'full' (30 s) or 'MIN+MARGIN' seconds, e.g. '10+8' = max(10 s, speech + 8 s)",
+        "with), 'full' (30 s) or 'MIN+MARGIN' seconds, e.g. '10+8' = max(10 s, speech + 8 s), "
+        "optionally '/LEVEL' dBFS to level-normalise the audio first, e.g. '10+8/-23'",
     )
 
     @field_validator("encoder_window")
@@ -192,6 +193,13 @@ class WorkerSettings(_Section):
         "0 = PyTorch's default. 1 keeps small CPUs free for the other stages and sessions",
     )
     use_text: bool = True
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="an event whose confidence is below this says label 'uncertain' (with the "
+        "full probabilities and top_label); None = the checkpoint's own value",
+    )
 
 
 class ConsoleSinkSettings(_Section):
@@ -296,9 +304,11 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    from emomon.model.data_dirs import MODEL_ENV_VARS  # data and cache folders: not settings
+
     layer: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG" or key in MODEL_ENV_VARS:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
         value: Any = raw

@@ -80,13 +80,18 @@ class FusionWorker:
         # Whisper frames made with another encoder window than the checkpoint was trained on
         # are not used (the model recomputes them from the PCM): counted, logged once.
         cfg = getattr(self.model, "cfg", None)
-        self.frames_window: str | None = getattr(cfg, "whisper_window", None)
+        self.frames_window: str | None = getattr(
+            self.model, "frames_recipe", getattr(cfg, "whisper_window", None)
+        )
         self.frames_recomputed = 0
         # Conversation context: earlier turns come from ``context`` (the pipeline's or Redis's
         # store, which the caller appends to after publishing); off without a context model.
         ctx_model = getattr(self.model, "context", None)
         self.context = context if settings.context and ctx_model is not None else None
-        self._memory_bytes = 2 * int(getattr(ctx_model, "memory_dim", 0) or 0)
+        mem_dim = getattr(self.model, "memory_dim", getattr(ctx_model, "memory_dim", 0))
+        self._memory_bytes = 2 * int(mem_dim or 0)
+        if settings.min_confidence is not None and hasattr(self.model, "min_confidence"):
+            self.model.min_confidence = settings.min_confidence  # below it: "uncertain"
         self.context_errors = 0  # store reads that failed (classified without context)
         self.context_skipped = 0  # stored turns whose memory does not fit this model
 
@@ -192,6 +197,8 @@ class FusionWorker:
                     language=u.language,
                     speaker_provisional=u.speaker_provisional,
                     context_turns=int(getattr(p, "context_turns", 0) or 0),
+                    outcome=str(getattr(p, "outcome", "emotion") or "emotion"),
+                    top_label=str(getattr(p, "top_label", "") or p.label),
                     memory=m.tobytes() if (m := getattr(p, "memory", None)) is not None else None,
                 )
             )

@@ -22,6 +22,11 @@ COMMANDS = (
         "evaluate a checkpoint: accuracy, W-F1, per-class F1, confusion PNG",
     ),
     ("bench-model", "bench_main", "fusion-model latency (batch 1) and throughput (batch 32) here"),
+    (
+        "train-audio",
+        "train_audio_main",
+        "choose and train the audio expert (cross-corpus), fit the text-led fusion gate",
+    ),
 )
 PASSTHROUGH = {name: fn for name, fn, _ in COMMANDS}
 
@@ -36,6 +41,10 @@ def register(
 
 
 def dispatch(fn: str, argv: list[str]) -> int:
+    if fn == "train_audio_main":
+        from emomon.model import audio_cli
+
+        return int(audio_cli.train_audio_main(argv) or 0)
     from emomon.model import cli
 
     return int(getattr(cli, fn)(argv) or 0)

@@ -33,7 +33,7 @@ def device_id(session: str) -> str:
 
 
 def emotion_labels() -> list[str]:
-    """The labels an event may carry, from schema v1, so HA's ``enum`` sensor lists exactly those."""
+    """The labels an event may carry, from the event schema, so HA's ``enum`` sensor lists exactly those."""
     schema = load_schema()
     return list(schema["properties"]["label"]["enum"])
 

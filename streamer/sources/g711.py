@@ -1,9 +1,7 @@
 """Payload decoding for live sources: G.711 (μ-law, A-law), L16, and a streaming resampler.
 
-``audioop`` is gone in Python 3.13, so G.711 is decoded with two 256-entry numpy tables built
-once from the ITU-T G.711 expansion formulas (the same 16-bit scaling as the classic Sun
-``g711.c`` / ``audioop``: μ-law 0x00 → -32124, A-law 0xD5 → 8). Decoding a packet is then
-one fancy-indexing call.
+G.711 tables live in the leaf module ``emomon.model.g711`` (training passes clips through the
+same codec); decoding a packet is one fancy-indexing call.
 
 Live audio arrives in small pieces (20 ms packets, 20 ms mic blocks), and resampling each piece
 on its own clicks at every boundary. :class:`StreamResampler` keeps the filter state across
@@ -18,48 +16,17 @@ from math import gcd
 import numpy as np
 from scipy.signal import firwin, upfirdn
 
+from emomon.model.g711 import ALAW_TABLE, ULAW_TABLE, decode_alaw, decode_ulaw
 
-def _ulaw_table() -> np.ndarray:
-    """ITU-T G.711 μ-law expansion of every code to int16 (bits inverted on the wire)."""
-    out = np.empty(256, dtype=np.int16)
-    for code in range(256):
-        u = ~code & 0xFF
-        exponent = (u >> 4) & 0x07
-        mantissa = u & 0x0F
-        magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-        out[code] = -magnitude if u & 0x80 else magnitude
-    return out
-
-
-def _alaw_table() -> np.ndarray:
-    """ITU-T G.711 A-law expansion of every code to int16 (even bits inverted, sign bit 1 = +)."""
-    out = np.empty(256, dtype=np.int16)
-    for code in range(256):
-        a = code ^ 0x55
-        exponent = (a >> 4) & 0x07
-        mantissa = a & 0x0F
-        # Segment 0 is linear; segments 1..7 carry an implicit leading 1 (0x100) and the half step (0x08).
-        magnitude = (
-            (mantissa << 4) + 8 if exponent == 0 else ((mantissa << 4) + 0x108) << (exponent - 1)
-        )
-        out[code] = magnitude if a & 0x80 else -magnitude
-    return out
-
-
-ULAW_TABLE: np.ndarray = _ulaw_table()
-ALAW_TABLE: np.ndarray = _alaw_table()
-ULAW_TABLE.flags.writeable = False
-ALAW_TABLE.flags.writeable = False
-
-
-def decode_ulaw(payload: bytes) -> np.ndarray:
-    """μ-law bytes → int16 samples (one byte per sample)."""
-    return ULAW_TABLE[np.frombuffer(payload, dtype=np.uint8)]
-
-
-def decode_alaw(payload: bytes) -> np.ndarray:
-    """A-law bytes → int16 samples (one byte per sample)."""
-    return ALAW_TABLE[np.frombuffer(payload, dtype=np.uint8)]
+__all__ = [
+    "ALAW_TABLE",
+    "ULAW_TABLE",
+    "StreamResampler",
+    "decode_alaw",
+    "decode_l16",
+    "decode_ulaw",
+    "to_int16",
+]
 
 
 def decode_l16(payload: bytes, channels: int = 1) -> np.ndarray:

@@ -16,13 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MELD = Path(
     os.environ.get("EMOMON_MELD_DIR")
-    or next(
-        (
-            p
-            for p in (ROOT.parent / "shared" / "data" / "meld", Path("/work/shared/data/meld"))
-            if p.is_dir()
-        ),
-        ROOT.parent / "shared" / "data" / "meld",
+    or (
+        Path(os.environ["EMOMON_DATA_DIR"]) / "meld"
+        if os.environ.get("EMOMON_DATA_DIR")
+        else ROOT.parent / "shared" / "data" / "meld"  # shared/ beside the checkout
     )
 )
 
@@ -35,6 +32,44 @@ pytestmark = [
 ]
 
 
+def _evaluate(tmp_path: Path, name: str, *args: str) -> dict:
+    """``emomon evaluate ARGS`` from an empty feature cache (the frozen features are computed
+    afresh), its JSON report."""
+    out = tmp_path / f"{name}.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "emomon.model.cli",
+            "evaluate",
+            *args,
+            "--out-json",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def _results_cells(row_start: str) -> list[str]:
+    """Accuracy and W-F1 cells of the first RESULTS.md table row starting with ``row_start``."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines()
+        if line.startswith(row_start)
+    )
+    return [c.strip() for c in row.split("|")[2:4]]
+
+
+def _number(cell: str) -> float:
+    return float(re.sub(r"\*", "", cell))
+
+
 @pytest.mark.parametrize(
     ("context", "row_start", "bold"),
     [
@@ -45,43 +80,57 @@ pytestmark = [
 def test_meld_test_text_only_reproduces_results_md(
     tmp_path: Path, context: str, row_start: str, bold: bool
 ) -> None:
-    out = tmp_path / "meld.json"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "emomon.model.cli",
-            "evaluate",
-            "--data",
-            "meld",
-            "--meld-dir",
-            str(MELD),
-            "--split",
-            "test",
-            "--context",
-            context,
-            "--out-json",
-            str(out),
-            "--cache-dir",
-            str(tmp_path / "cache"),  # nothing cached: the frozen features are computed afresh
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    rep = _evaluate(
+        tmp_path,
+        "meld",
+        "--data",
+        "meld",
+        "--meld-dir",
+        str(MELD),
+        "--split",
+        "test",
+        "--context",
+        context,
     )
-    assert r.returncode == 0, r.stderr[-2000:]
-    rep = json.loads(out.read_text())
-    row = next(
-        line
-        for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines()
-        if line.startswith(row_start)
-    )
-    cells = [c.strip() for c in row.split("|")[2:4]]
-    acc, wf1 = (float(re.sub(r"\*", "", c)) for c in cells)
-    assert all(c.startswith("**") == bold for c in cells), row
+    cells = _results_cells(row_start)
+    assert all(c.startswith("**") == bold for c in cells), cells
     assert rep["n"] == 2610 and rep["modalities_used"].get("text") == 2610
     assert rep["context"]["used"] == (context == "on")
     if context == "on":  # every utterance but each dialogue's first has earlier turns
         assert rep["context"]["utterances_with_history"] == 2610 - 280
-    assert rep["accuracy"] == pytest.approx(acc, abs=0.05)
-    assert rep["weighted_f1"] == pytest.approx(wf1, abs=0.05)
+        assert rep["ece_15"] <= 5.0  # calibrated (issue #14)
+    assert rep["accuracy"] == pytest.approx(_number(cells[0]), abs=0.05)
+    assert rep["weighted_f1"] == pytest.approx(_number(cells[1]), abs=0.05)
+
+
+RAVDESS = MELD.parent / "ravdess"
+
+
+@pytest.mark.skipif(not RAVDESS.is_dir(), reason=f"RAVDESS not found in {RAVDESS}")
+def test_ravdess_rows_and_level_invariance_reproduce_results_md(tmp_path: Path) -> None:
+    """RAVDESS actors 19–24 through text-led fusion from an empty cache, as recorded, peak-
+    normalised to -1 dBFS and 20 dB below that: the RESULTS.md rows, each within 1.5 points
+    of the original (the level-invariance target of issue #14)."""
+    got = {}
+    for level, row_start in (
+        ("as-recorded", "| RAVDESS 19–24, text-led fusion, each clip alone"),
+        ("peak", "| — the same clips peak-normalised to −1 dBFS"),
+        ("peak-20", "| — peak-normalised, then 20 dB quieter"),
+    ):
+        rep = _evaluate(
+            tmp_path,
+            f"rav-{level}",
+            "--data",
+            "ravdess",
+            "--ravdess-dir",
+            str(RAVDESS),
+            "--level",
+            level,
+        )
+        assert rep["n"] == 360 and rep["fusion"] == "gated"
+        acc, wf1 = (_number(c) for c in _results_cells(row_start))
+        assert rep["accuracy"] == pytest.approx(acc, abs=0.05), level
+        assert rep["weighted_f1"] == pytest.approx(wf1, abs=0.05), level
+        got[level] = rep["accuracy"]
+    assert abs(got["peak"] - got["as-recorded"]) <= 1.5
+    assert abs(got["peak-20"] - got["as-recorded"]) <= 1.5

@@ -74,6 +74,21 @@ def test_transcripts_match_reference(replay):
     assert wer(ref, hyp) <= 0.35
 
 
+def test_calm_call_has_no_confident_negative_emotion(replay):
+    """The demo call is a friendly chat: no fear, anger, disgust or sadness at confidence ≥ 0.7
+    (issue #14), while the RAVDESS and MELD figures hold (tests/e2e/test_model_results.py)."""
+    _, out = replay
+    events = _events(out / "phone-call-2spk.jsonl")
+    loud = [
+        (e["label"], e["confidence"], e.get("text"))
+        for e in events
+        if e["label"] in ("fear", "anger", "disgust", "sadness") and e["confidence"] >= 0.7
+    ]
+    assert not loud, loud
+    assert all(e["outcome"] in ("emotion", "uncertain", "no_speech") for e in events)
+    assert all(e["top_label"] in e["probabilities"] for e in events)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

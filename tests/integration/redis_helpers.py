@@ -133,12 +133,14 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_window() -> str:
-    """The Whisper encoder window the checkpoint's frames are made with (``full`` if unknown)."""
+    """The Whisper-frame recipe the checkpoint reads (``full`` if unknown)."""
+    from emomon.model.errors import ModelError
+    from emomon.model.recipe import frames_recipe
+
     try:
-        meta = json.loads((checkpoint_dir() / "config.json").read_text())
-    except (OSError, ValueError):
+        return frames_recipe(checkpoint_dir())
+    except ModelError:
         return "full"
-    return str(meta.get("model", {}).get("whisper_window", "full"))
 
 
 def has_checkpoint() -> bool:

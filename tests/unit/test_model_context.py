@@ -186,7 +186,7 @@ def test_worker_feeds_a_sessions_earlier_turns_from_the_store(ckpt) -> None:
             whisper_frames=np.random.default_rng(i)
             .standard_normal((40, model.cfg.whisper_dim))
             .astype(np.float32),
-            whisper_window=model.cfg.whisper_window,
+            whisper_window=model.frames_recipe,
         )
 
     async def go() -> list[int]:

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from emomon.model.datasets import (
+    IEMOCAP6_LABELS,
     LABEL_MAPS,
+    LABEL_SETS,
     MELD_LABELS,
     load_iemocap,
     load_manifest,
@@ -19,6 +21,7 @@ from emomon.model.datasets import (
     parse_actor_range,
     parse_ravdess_name,
     parse_tess_name,
+    split_dialogues,
 )
 from emomon.model.errors import DatasetError
 
@@ -100,8 +103,9 @@ def test_ravdess_and_tess_names(tmp_path) -> None:
 
 def test_label_mapping_is_a_table() -> None:
     assert LABEL_MAPS["ravdess"]["02"] == "neutral" and LABEL_MAPS["tess"]["ps"] == "surprise"
-    for table in LABEL_MAPS.values():
-        assert set(table.values()) <= set(MELD_LABELS)
+    for name, table in LABEL_MAPS.items():  # every row maps into one named label space
+        space = IEMOCAP6_LABELS if name == "iemocap6" else MELD_LABELS
+        assert set(table.values()) <= set(space) and space in LABEL_SETS.values()
 
 
 def test_meld_csv(tmp_path) -> None:
@@ -144,3 +148,136 @@ def test_manifest_jsonl_and_csv(tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x", "label": "bored"}) + "\n")
     with pytest.raises(DatasetError, match="not in"):
         load_manifest(tmp_path / "bad.jsonl")
+
+
+# ------------------------------------------------------------ IEMOCAP: label sets, splits
+_IEMOCAP_TURNS = (  # (turn suffix, IEMOCAP label, words); each dialogue: F000, M000, F001, …
+    ("F000", "neu", "Hello there."),
+    ("M000", "xxx", "Hmm, I am not sure."),  # no agreement: dropped from every label set
+    ("F001", "fru", "This again?"),  # IEMOCAP-6 only
+    ("M001", "exc", "Oh yes, finally!"),
+    ("F002", "sur", "Really?"),  # MELD-7 only (surprise)
+)
+
+
+def _fake_iemocap(
+    root: Path, sessions: tuple[int, ...] = (1, 2, 3, 4, 5), dialogues: int = 5
+) -> Path:
+    """An IEMOCAP_full_release tree in the official layout: EmoEvaluation + transcriptions."""
+    rel = root / "IEMOCAP_full_release"
+    for n in sessions:
+        base = rel / f"Session{n}" / "dialog"
+        (base / "EmoEvaluation").mkdir(parents=True)
+        (base / "transcriptions").mkdir(parents=True)
+        for d in range(dialogues):
+            dialog = f"Ses0{n}F_impro0{d + 1}"
+            emo = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+            trans = []
+            for k, (suffix, raw, words) in enumerate(_IEMOCAP_TURNS):
+                t0, t1 = 2.0 * k + 1.0, 2.0 * k + 2.5
+                emo += [f"[{t0:.4f} - {t1:.4f}]\t{dialog}_{suffix}\t{raw}\t[2.5, 2.5, 2.5]", ""]
+                trans.append(f"{dialog}_{suffix} [{t0:08.4f}-{t1:08.4f}]: {words}")
+            (base / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(emo) + "\n")
+            (base / "transcriptions" / f"{dialog}.txt").write_text("\n".join(trans) + "\n")
+    return root
+
+
+def test_iemocap_six_classes_are_their_own_label_space(tmp_path: Path) -> None:
+    root = _fake_iemocap(tmp_path, sessions=(1,), dialogues=1)
+    six = load_iemocap(root, [1], labels=IEMOCAP6_LABELS, context_turns=3)
+    assert [s.label for s in six] == ["neutral", "frustrated", "excited"]  # xxx, sur dropped
+    meld = load_iemocap(root, [1], context_turns=3)  # default: onto the MELD classes
+    assert [s.label for s in meld] == ["neutral", "joy", "surprise"]  # fru dropped, exc → joy
+    # dropped turns stay in the history of later ones, as a live session hears them
+    assert six[1].context == ("Hello there.", "Hmm, I am not sure.")
+    assert meld[1].context == ("Hello there.", "Hmm, I am not sure.", "This again?")
+    assert six[2].context == meld[1].context and six[2].dialogue == "iemocap/Ses01F_impro01"
+
+
+def test_meld_context_keeps_turns_of_labels_outside_the_label_space(tmp_path: Path) -> None:
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n"
+    rows = [
+        "1,Hi.,A,neutral,neutral,0,0",
+        "2,Eww.,B,disgust,negative,0,1",
+        "3,Wow!,A,joy,positive,0,2",
+    ]
+    (tmp_path / "dev_sent_emo.csv").write_text(header + "\n".join(rows) + "\n")
+    s = load_meld(tmp_path, "dev", labels=("neutral", "joy"), context_turns=5)
+    assert [x.label for x in s] == ["neutral", "joy"] and s[1].context == ("Hi.", "Eww.")
+
+
+def test_split_dialogues_is_seeded_and_keeps_dialogues_whole(tmp_path: Path) -> None:
+    samples = load_iemocap(_fake_iemocap(tmp_path, sessions=(1, 2), dialogues=10), [1, 2])
+    kept, held = split_dialogues(samples, 0.1, seed=0)
+    held_d = {s.dialogue for s in held}
+    assert len(held_d) == 2 and not held_d & {s.dialogue for s in kept}
+    assert len(kept) + len(held) == len(samples)
+    assert [s.uid for s in split_dialogues(samples, 0.1, seed=0)[1]] == [s.uid for s in held]
+    with pytest.raises(DatasetError):
+        split_dialogues(samples, 1.5)
+
+
+def test_cli_standard_iemocap_split_and_six_labels(tmp_path: Path) -> None:
+    import argparse
+
+    from emomon.model.cli import _config_from_args, _load, _split_args, data_record
+
+    root = _fake_iemocap(tmp_path, dialogues=10)
+    p = argparse.ArgumentParser()
+    _split_args(p, train=True)
+    args = p.parse_args(["--train-sessions", "1-4", "--iemocap-dev-fraction", "0.1"])
+    args.iemocap_dir, args.iemocap_labels = str(root), "6"
+    args.config_json, args.set, args.variant = None, None, "full"
+    labels = _config_from_args(args).labels
+    assert labels == IEMOCAP6_LABELS
+    parts = {part: _load("iemocap", args, part, labels, 0) for part in ("train", "dev", "test")}
+    dialogues = {k: {s.dialogue for s in v} for k, v in parts.items()}
+    assert len(dialogues["train"]) == 36 and len(dialogues["dev"]) == 4
+    assert not dialogues["train"] & dialogues["dev"]
+    assert {s.group for s in parts["test"]} == {"Session5"}
+    assert {s.group for s in parts["train"] + parts["dev"]} == {f"Session{i}" for i in range(1, 5)}
+    rec = data_record(["iemocap"], args, "dev")
+    assert rec["folders"]["iemocap"] == str(root.resolve())
+    assert "only a seeded 0.1 of the dialogues" in rec["split"]["iemocap"]
+
+
+def test_data_folders_come_from_flags_or_env(tmp_path: Path, monkeypatch) -> None:
+    from emomon.model.data_dirs import data_dir
+
+    for var in ("EMOMON_DATA_DIR", "EMOMON_MELD_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(DatasetError) as err:
+        data_dir("meld")
+    assert "\n" not in str(err.value) and "--meld-dir" in str(err.value)
+    monkeypatch.setenv("EMOMON_DATA_DIR", str(tmp_path))
+    assert data_dir("meld") == tmp_path / "meld"
+    monkeypatch.setenv("EMOMON_MELD_DIR", str(tmp_path / "m"))
+    assert data_dir("meld") == tmp_path / "m" and data_dir("meld", "x") == Path("x")
+
+
+def test_macro_f1_counts_only_present_classes() -> None:
+    from emomon.model.metrics import classification_report
+
+    y = np.array([0, 0, 1, 1])  # classes 2 … 6 absent
+    rep = classification_report(y, np.array([0, 0, 1, 1]), MELD_LABELS)
+    assert rep["macro_f1"] == 100.0 and rep["macro_f1_classes"] == ["neutral", "joy"]
+    assert rep["per_class_f1"]["fear"] is None
+    rep = classification_report(y, np.array([0, 0, 1, 6]), MELD_LABELS)  # a false "fear"
+    assert rep["per_class_f1"]["fear"] == 0.0 and rep["macro_f1"] == pytest.approx(83.33, abs=0.01)
+
+
+def test_help_shows_every_default(capsys) -> None:
+    import re
+
+    from emomon.model.cli import bench_main, evaluate_main, train_context_main, train_main
+
+    for main in (train_main, evaluate_main, train_context_main, bench_main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        text = capsys.readouterr().out
+        blocks = re.split(r"\n  (?=-)", text.split("options:", 1)[1].split("\ndata folders:")[0])
+        for block in blocks[1:]:
+            if block.startswith("-h"):
+                continue
+            assert "(default:" in " ".join(block.split()), (main.__name__, block)
+        assert main is bench_main or "audio-only row" in text  # the manifest format

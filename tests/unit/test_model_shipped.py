@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from emomon.model import EmotionInput, EmotionModel
 from emomon.model.checkpoint import DEFAULT_CHECKPOINT
 from emomon.model.datasets import MELD_LABELS
 
-RAVDESS = Path("/work/shared/data/ravdess")
 CALL = Path(__file__).resolve().parents[1] / "data" / "phone-call-2spk.wav"
 
 
@@ -77,3 +77,86 @@ def test_shipped_context_model_belongs_to_the_shipped_network(model: EmotionMode
     )[0]
     assert after.context_turns == 1 and alone.context_turns == 0
     assert after.probabilities != alone.probabilities
+
+
+# --------------------------------------------------------------------------- text-led fusion
+def _clip() -> np.ndarray:
+    from emomon.model.audio import decode_audio
+
+    return decode_audio(CALL)[16000 * 11 : 16000 * 14]  # 3 s of one speaker
+
+
+def test_shipped_model_uses_text_led_fusion(model: EmotionModel) -> None:
+    assert model.fusion == "gated" and model.expert is not None and model.gate is not None
+    assert model.frames_recipe.endswith("/-23")  # level-normalised frames
+    assert "+gate@" in model.model_id
+
+
+def test_level_does_not_change_the_answer(model: EmotionModel) -> None:
+    """The same clip peak-normalised to -1 dBFS and 20 dB below that: same label, same
+    probabilities within 0.02."""
+    import numpy as np
+
+    x = _clip()
+    peak = x * np.float32(10 ** (-1 / 20) / np.abs(x).max())
+    quiet = peak * np.float32(0.1)
+    for text in (None, "I thought, you know, this is Diane."):
+        a, b = model.predict([EmotionInput(text, audio=peak), EmotionInput(text, audio=quiet)])
+        assert a.label == b.label
+        for k in a.probabilities:
+            assert abs(a.probabilities[k] - b.probabilities[k]) < 0.02, (text, k)
+
+
+def test_confident_text_keeps_its_answer_whatever_the_audio(model: EmotionModel) -> None:
+    """Audio cannot overturn a confident text answer on its own (the gate's veto)."""
+    import numpy as np
+
+    text = "Oh my God, this is the best day of my life! I love you guys!"
+    alone = model.predict([EmotionInput(text)])[0]
+    assert alone.label == "joy" and alone.confidence >= model.gate.text_veto
+    rng = np.random.default_rng(0)
+    audios = [_clip(), _clip() * np.float32(0.05), rng.normal(0, 0.3, 48000).astype(np.float32)]
+    for audio in audios:
+        p = model.predict([EmotionInput(text, audio=audio)])[0]
+        assert p.label == "joy" and p.modalities == ("text", "audio")
+
+
+def test_noise_without_words_is_not_an_emotion(model: EmotionModel) -> None:
+    """No transcript and no speech (background noise at -36 dBFS, silence-like hum): the
+    outcome is no_speech or uncertain, never a confident emotion."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    t = np.arange(48000) / 16000
+    noises = [
+        rng.normal(0, 10 ** (-36 / 20), 48000).astype(np.float32),
+        (0.02 * np.sin(2 * np.pi * 50 * t)).astype(np.float32),
+    ]
+    for p in model.predict([EmotionInput(None, audio=n) for n in noises]):
+        assert p.outcome in ("no_speech", "uncertain"), p
+        assert p.label == p.outcome and p.top_label in MELD_LABELS
+
+
+def test_speaker_reference_comes_from_earlier_turns(model: EmotionModel) -> None:
+    """In a session, a speaker's earlier turns (their memories carry the audio statistics)
+    shift how the next one is read; another speaker's turns do not."""
+    import numpy as np
+
+    from emomon.model.context import ContextTurn
+
+    x = _clip()
+    first = model.predict([EmotionInput("I see.", audio=x, session="s", speaker="a")])[0]
+    assert first.memory is not None and first.memory.shape[0] == model.memory_dim
+    mine = ContextTurn(first.memory, True)
+    other = ContextTurn(first.memory, False)
+    later = _clip()[::-1].copy()
+    alone = model.predict([EmotionInput("Right.", audio=later, session="s", speaker="a")])[0]
+    with_other = model.predict(
+        [EmotionInput("Right.", audio=later, history=(other,), session="s", speaker="a")]
+    )[0]
+    with_mine = model.predict(
+        [EmotionInput("Right.", audio=later, history=(mine,), session="s", speaker="a")]
+    )[0]
+    assert with_mine.probabilities != with_other.probabilities
+    assert alone.context_turns == 0 and with_mine.context_turns == 1
+    assert np.isfinite(list(with_mine.probabilities.values())).all()
