@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from emomon.services.delivery import Delivery
 from emomon.services.events import EmotionEvent
 from emomon.services.queue import wire
 from emomon.services.queue.memory import InProcessQueue
-from emomon.services.queue.redis_streams import RedisProducer, RedisStreamWorker, connect
+from emomon.services.queue.redis import RedisProducer, RedisStreamWorker, connect
 from emomon.services.settings import RedisSettings, WorkerSettings
 from emomon.services.worker import FusionWorker
 from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
@@ -184,10 +185,11 @@ async def latency_memory(model: Any, n: int, gap_s: float) -> list[float]:
     fw = FusionWorker(ws, model=model)
     q = InProcessQueue(256)
     sink = TimingSink()
+    delivery = Delivery(fw, [sink])
 
     async def back() -> None:
         while (batch := await q.get_batch(ws.max_batch, ws.max_wait_ms)) is not None:
-            await fw.publish(await fw.classify(batch), [sink])
+            await delivery.deliver(batch)
 
     task = asyncio.create_task(back())
     sent: dict[str, float] = {}

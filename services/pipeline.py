@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from emomon.services.context import InMemoryContextStore
+from emomon.services.delivery import Delivery
 from emomon.services.events import EmotionEvent
 from emomon.services.publish.base import Sink
 from emomon.services.queue.memory import InProcessQueue
@@ -407,11 +408,13 @@ class Pipeline:
         self.settings = settings
         self.sinks = list(sinks)
         self.transcriber = transcriber or Transcriber(transcriber_config(settings))
-        # each session's earlier turns, for the model's conversation context (bounded, LRU + TTL)
-        self.context = InMemoryContextStore(ttl_s=settings.redis.context_ttl_s)
-        self.worker = worker or FusionWorker(settings.worker, context=self.context)
-        if self.worker.context is None and getattr(self.worker.model, "context", None) is not None:
-            self.worker.context = self.context if settings.worker.context else None
+        self.worker = worker or FusionWorker(settings.worker)
+        # each session's earlier turns, for the model's conversation context (bounded, LRU + TTL);
+        # None when the model does not read context, so nothing is kept for it
+        self.context = self.worker.use_context(
+            InMemoryContextStore(ttl_s=settings.redis.context_ttl_s)
+        )
+        self.delivery = Delivery(self.worker, self.sinks, self.context)
         self.stats = PipelineStats()
         self.queue = InProcessQueue(settings.worker.queue_size)
 
@@ -427,12 +430,11 @@ class Pipeline:
     async def _back(self) -> None:
         w = self.settings.worker
         while (batch := await self.queue.get_batch(w.max_batch, w.max_wait_ms)) is not None:
-            events = await self.worker.classify(batch)
-            t0 = time.perf_counter()
-            await self.worker.publish(events, self.sinks)
-            if self.worker.context is not None:
-                await self.worker.context.append(events)
-            sink_ms = (time.perf_counter() - t0) * 1000 / max(1, len(events))
+            result = await self.delivery.deliver(batch)
+            if result.classify_error is not None:
+                raise result.classify_error  # the embedded run stops on a model failure
+            events = result.events
+            sink_ms = result.publish_s * 1000 / max(1, len(events))
             self.stats.sink_ms.extend([sink_ms] * len(events))
             self.stats.events += len(events)
             self.stats.events_list.extend(events)

@@ -1,7 +1,7 @@
 """The fusion worker: utterances in, one ``EmotionEvent`` per utterance out.
 
 It loads the emotion checkpoint once, classifies what is waiting as one batch (the model runs
-in a worker thread, never on the event loop), and hands events to the sinks. Used by the
+in a worker thread, never on the event loop); the delivery stage hands the events on. Used by the
 embedded pipeline (in-process queue) and by ``emomon worker`` (Redis Streams).
 """
 
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from emomon.services.context import ContextEntry, ContextStore
+from emomon.services.delivery import context_store_for
 from emomon.services.events import EmotionEvent
-from emomon.services.publish.base import Sink
 from emomon.services.settings import WorkerSettings
 from emomon.streamer.utterance import Utterance
 
@@ -76,7 +76,6 @@ class FusionWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusion")
         self.batches = 0
         self.events = 0
-        self.sink_errors = 0
         # Whisper frames made with another encoder window than the checkpoint was trained on
         # are not used (the model recomputes them from the PCM): counted, logged once.
         cfg = getattr(self.model, "cfg", None)
@@ -85,15 +84,22 @@ class FusionWorker:
         )
         self.frames_recomputed = 0
         # Conversation context: earlier turns come from ``context`` (the pipeline's or Redis's
-        # store, which the caller appends to after publishing); off without a context model.
+        # store, which the delivery stage appends to after publishing).
+        self.context = context_store_for(settings, self.model, context)
         ctx_model = getattr(self.model, "context", None)
-        self.context = context if settings.context and ctx_model is not None else None
         mem_dim = getattr(self.model, "memory_dim", getattr(ctx_model, "memory_dim", 0))
         self._memory_bytes = 2 * int(mem_dim or 0)
         if settings.min_confidence is not None and hasattr(self.model, "min_confidence"):
             self.model.min_confidence = settings.min_confidence  # below it: "uncertain"
         self.context_errors = 0  # store reads that failed (classified without context)
         self.context_skipped = 0  # stored turns whose memory does not fit this model
+
+    def use_context(self, store: ContextStore) -> ContextStore | None:
+        """Read earlier turns from ``store`` unless a store was given at construction; return
+        the store in use (None: this worker classifies without context)."""
+        if self.context is None:
+            self.context = context_store_for(self.settings, self.model, store)
+        return self.context
 
     async def histories(self, utts: Sequence[Utterance]) -> list[tuple[Any, ...]]:
         """Each utterance's earlier turns (oldest first) from the context store; a store that
@@ -211,21 +217,6 @@ class FusionWorker:
         hist = await self.histories(utts) if self.context is not None else None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.classify_sync, utts, hist)
-
-    async def publish(self, events: Sequence[EmotionEvent], sinks: Sequence[Sink]) -> None:
-        """Hand each event to every sink; a failing sink is counted and logged, the others go on."""
-        for ev in events:
-            for sink in sinks:
-                try:
-                    await sink.publish(ev)
-                except Exception as e:  # noqa: BLE001 - one sink must not stop the others
-                    self.sink_errors += 1
-                    log.error(
-                        "sink %s failed on event %s: %s",
-                        getattr(sink, "name", sink),
-                        ev.event_id,
-                        e,
-                    )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

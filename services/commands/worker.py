@@ -26,7 +26,7 @@ from emomon.services.commands.stream import (
 from emomon.services.context import RedisContextStore
 from emomon.services.metrics import Metrics, MetricsServer
 from emomon.services.publish.base import Sink, SinkError
-from emomon.services.queue.redis_streams import (
+from emomon.services.queue.redis import (
     Classifier,
     RedisQueueError,
     RedisStreamWorker,
@@ -203,13 +203,8 @@ async def serve_worker(
     store = RedisContextStore(client, settings.redis.context_ttl_s)
     from emomon.services.worker import FusionWorker
 
-    if (
-        isinstance(clf, FusionWorker)
-        and clf.context is None
-        and settings.worker.context
-        and getattr(clf.model, "context", None) is not None
-    ):
-        clf.context = store  # it reads each session's earlier turns from the store it fills
+    if isinstance(clf, FusionWorker):
+        clf.use_context(store)  # it reads each session's earlier turns from the store it fills
     worker = RedisStreamWorker(
         client,
         settings.redis,

@@ -24,7 +24,7 @@ from redis_helpers import (  # noqa: F401 - redis_server_fixture provides redis_
 )
 
 from emomon.services.queue import wire
-from emomon.services.queue.redis_streams import connect
+from emomon.services.queue.redis import connect
 from emomon.services.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,7 +11,7 @@ from redis_helpers import RedisServer, synthetic_utterance
 
 from emomon.services.metrics import Metrics
 from emomon.services.queue import wire
-from emomon.services.queue.redis_streams import RedisProducer, connect
+from emomon.services.queue.redis import RedisProducer, connect
 from emomon.services.settings import RedisSettings
 
 pytestmark = [pytest.mark.integration]

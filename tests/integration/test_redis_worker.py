@@ -18,7 +18,7 @@ from redis_helpers import (  # noqa: F401 - redis_server_fixture provides redis_
 from emomon.services.context import RedisContextStore
 from emomon.services.metrics import Metrics
 from emomon.services.queue import wire
-from emomon.services.queue.redis_streams import RedisStreamWorker, connect
+from emomon.services.queue.redis import RedisStreamWorker, connect
 from emomon.services.settings import RedisSettings, WorkerSettings
 from emomon.streamer.utterance import Utterance
 

@@ -10,46 +10,12 @@ import numpy as np
 import pytest
 
 from emomon.services.context import ContextEntry, InMemoryContextStore
-from emomon.services.events import EmotionEvent
 from emomon.services.metrics import Metrics, MetricsServer
 from emomon.services.queue import wire
-from emomon.services.queue.redis_streams import RedisProducer, connect
+from emomon.services.queue.redis import RedisProducer, connect
 from emomon.services.settings import RedisSettings
-from emomon.streamer.utterance import Utterance
-
-
-def _utt(i: int = 0, n: int = 800) -> Utterance:
-    return Utterance(
-        session="s",
-        speaker="A",
-        channel="0",
-        utterance_id=f"u{i}",
-        start_s=float(i),
-        end_s=i + 0.05,
-        end_wall=time.time(),
-        pcm=(np.arange(n) % 100).astype(np.int16),
-        text=f"hello {i}",
-    )
-
-
-def _event(
-    uid: str, end_s: float, label: str = "joy", speaker: str = "A", session: str = "s"
-) -> EmotionEvent:
-    return EmotionEvent(
-        session=session,
-        speaker=speaker,
-        utterance_id=uid,
-        channel="0",
-        start_s=end_s - 1,
-        end_s=end_s,
-        label=label,
-        confidence=0.9,
-        probabilities={label: 0.9},
-        modalities=("text",),
-        model_id="m",
-        latency_ms=1.0,
-        text="t",
-    )
+from tests.helpers.factories import event as _event
+from tests.helpers.factories import utterance as _utt
 
 
 def test_wire_roundtrip_keeps_the_utterance() -> None:
@@ -173,7 +139,7 @@ def test_metrics_server_serves_health_and_metrics() -> None:
 
 
 def test_stream_replies_parse_in_both_resp_shapes() -> None:
-    from emomon.services.queue.redis_streams import _entries
+    from emomon.services.queue.redis.client import entries_from_reply as _entries
 
     rows = [(b"1-0", {b"v": b"1"}), (b"1-1", {})]  # the second was deleted after delivery
     resp2 = [[b"s", rows]]
