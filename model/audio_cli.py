@@ -25,24 +25,22 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .cli_common import command_line, guarded, standalone
+
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="emomon train-audio",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__.split("\n\n")[0] if __doc__ else None
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument("--ravdess-dir", required=True, help="RAVDESS speech (Actor_XX folders)")
     p.add_argument("--tess-dir", required=True, help="TESS clips")
     p.add_argument("--meld-dir", required=True, help="MELD CSVs (for the text temperature)")
@@ -68,18 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help='skip the choice and use these expert settings (JSON, e.g. \'{"speaker_norm": true, "augmented": true}\')',
     )
-    return p
+    p.set_defaults(func=guarded(_train_audio))
 
 
 def train_audio_main(argv: list[str]) -> int:
-    from .errors import ModelError
-
-    args = _parser().parse_args(argv)
-    try:
-        return _train_audio(args)
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return standalone("train-audio", configure, argv)
 
 
 def _concat(parts: list[Any]) -> Any:
@@ -142,7 +133,7 @@ def _train_audio(args: argparse.Namespace) -> int:
     }
     base = AudioExpertConfig(labels=labels)
     report: dict[str, Any] = {
-        "command": "emomon train-audio " + " ".join(sys.argv[2:]),
+        "command": command_line("train-audio"),
         "train": train_kw,
     }
 

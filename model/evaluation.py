@@ -1,4 +1,8 @@
-"""Evaluating text-led fusion (model.gate) through the feature caches, as the live path runs.
+"""Evaluating a checkpoint through the feature caches, as the live path runs it.
+
+:func:`evaluate_samples` scores the utterance network's joint answer (with the conversation
+context where the samples form dialogues); :func:`gated_report` scores text-led fusion
+(model.gate).
 
 The text expert's logits come from the utterance network on the transcript alone (with the
 conversation context where the samples form dialogues), the audio expert's from the clip
@@ -20,6 +24,76 @@ from .datasets import Sample
 from .gate import expected_calibration_error, fuse
 
 
+def base_outputs(
+    model: Any, samples: list[Sample], cache_dir: str, batch_size: int = 1
+) -> tuple[Any, Any, Any, list[Any]]:
+    """The utterance network's logits (N, C) and fused features (N, D_F) for ``samples``
+    through the feature cache, and their label indices (N,). ``batch_size`` 1 is what a live
+    session does at low load; with int8 on CPU larger batches change answers slightly (dynamic
+    quantisation scales activations per batch, and the padding of batch-mates is counted)."""
+    from .features import FeatureStore
+    from .train import encode_samples, outputs_encoded
+
+    cfg = model.cfg
+    store = FeatureStore(cfg, cache_dir, model.text_fe, text_batch=batch_size)
+    enc = encode_samples(samples, store, cfg.labels)
+    audio_dim = cfg.whisper_dim if cfg.audio_frontend == "whisper" else cfg.mel_bins
+    logits, feats = outputs_encoded(
+        model.net, enc, model.net.text_dim, audio_dim, batch_size=batch_size
+    )
+    return logits, feats, np.array([e.label for e in enc]), enc
+
+
+def conversation_keys(samples: Sequence[Sample]) -> tuple[list[str], list[str]]:
+    """Dialogue and speaker per sample; an isolated clip is a dialogue of its own."""
+    groups = [s.dialogue or f"\x00{s.uid}" for s in samples]
+    return groups, [s.speaker for s in samples]
+
+
+def evaluate_samples(
+    model: Any,
+    samples: list[Sample],
+    cache_dir: str,
+    modalities: set[str],
+    context: bool = True,
+    batch_size: int = 1,
+) -> dict[str, Any]:
+    """Evaluate an :class:`EmotionModel` on samples through the feature cache. With
+    ``context`` and a checkpoint that has a context model, samples of a dialogue see the
+    turns before them (causal), as in a live session; isolated clips are unaffected."""
+    from .context import model_logits, turn_data
+    from .metrics import classification_report
+
+    cfg = model.cfg
+    if "audio" not in modalities:
+        samples = [dc.replace(s, audio_path=None) for s in samples]
+    if "text" not in modalities:
+        samples = [dc.replace(s, text=None) for s in samples]
+    logits, feats, y, enc = base_outputs(model, samples, cache_dir, batch_size)
+    use_ctx = context and model.context is not None
+    n_ctx = 0
+    if use_ctx:
+        groups, speakers = conversation_keys(samples)
+        td = turn_data(feats, logits, y, groups, speakers, model.context.cfg.turns)
+        n_ctx = int((td.hist >= 0).any(1).sum())
+        logits = model_logits(model.context, td).numpy()
+    probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    rep = classification_report(y, probs.argmax(1), cfg.labels)
+    rep["ece_15"] = round(100 * expected_calibration_error(probs, y), 2)
+    rep["fusion"] = "jfm"
+    rep["modalities_used"] = {
+        "text": int(sum(e.text is not None for e in enc)),
+        "audio": int(sum(e.audio is not None for e in enc)),
+    }
+    rep["batch_size"] = batch_size
+    rep["context"] = {
+        "used": bool(use_ctx),
+        "utterances_with_history": n_ctx,
+        "turns": model.context.cfg.turns if use_ctx else 0,
+    }
+    return rep
+
+
 def text_logits(
     model: Any,
     samples: Sequence[Sample],
@@ -28,14 +102,13 @@ def text_logits(
     context: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(logits (N, C), has_text (N,), labels (N,), utterances that read ≥ 1 context turn)."""
-    from .cli import _conversation_keys, base_outputs
     from .context import model_logits, turn_data
 
     text_only = [dc.replace(s, audio_path=None) for s in samples]
     logits, feats, y, enc = base_outputs(model, text_only, str(cache_dir), batch_size)
     n_ctx = 0
     if context and model.context is not None:
-        groups, spk = _conversation_keys(text_only)
+        groups, spk = conversation_keys(text_only)
         td = turn_data(feats, logits, y, groups, spk, model.context.cfg.turns)
         n_ctx = int((td.hist >= 0).any(1).sum())
         logits = model_logits(model.context, td).numpy()

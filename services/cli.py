@@ -1,115 +1,59 @@
 """The ``emomon`` console script: one entry point, one module per subcommand.
 
-Every subcommand module in ``emomon.services.commands`` has ``register(subparsers)`` which adds
-its parser and sets ``func(args) -> int``. Flags common to all live here: ``--config FILE``,
-``--set section.field=value`` (repeatable, highest precedence) and ``--log-level``.
+Each module in ``emomon.services.commands`` declares its :class:`Command` entries (``COMMAND``
+or ``COMMANDS``); this module only assembles them into one parser and runs the chosen one.
+Only the invoked command's flags are built, so ``emomon stream`` never imports what the model
+commands need. Flags common to all: ``--config FILE``, ``--set section.field=value``
+(repeatable, highest precedence) and ``--log-level`` (:mod:`emomon.services.commands.flags`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
-from emomon.services.settings import Settings, SettingsError, load_settings
+from emomon.services.commands import (
+    config,
+    devices,
+    model_commands,
+    replay,
+    run,
+    stream,
+    worker,
+)
+from emomon.services.commands.common import CliError, Command
+from emomon.services.settings import SettingsError
 
-# Order = order in --help.
-COMMAND_MODULES = (
-    "run",
-    "replay",
-    "stream",
-    "worker",
-    "devices",
-    "config",
-    "model_commands",
+__all__ = ["CliError", "build_parser", "entrypoint", "main"]
+
+#: every subcommand, in the order of ``emomon --help``
+COMMANDS: tuple[Command, ...] = (
+    run.COMMAND,
+    replay.COMMAND,
+    stream.COMMAND,
+    worker.COMMAND,
+    devices.COMMAND,
+    config.COMMAND,
+    *model_commands.COMMANDS,
 )
 
-log = logging.getLogger("emomon")
 
-
-class CliError(RuntimeError):
-    """A user-facing error: printed as one line, exit status 2 (or ``code``)."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (also EMOMON_CONFIG)")
-    p.add_argument(
-        "--set",
-        dest="set_",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override any setting, e.g. --set vad.aggressiveness=3 (repeatable)",
-    )
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
-
-
-def put(overrides: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``overrides['a']['b'] = value`` for ``dotted = 'a.b'``; ``None`` means 'not given'."""
-    if value is None:
-        return
-    node = overrides
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
-def settings_from_args(
-    args: argparse.Namespace, overrides: dict[str, Any] | None = None
-) -> Settings:
-    """Effective settings for a command: defaults < TOML < env < ``--set`` and the command's own flags."""
-    ov: dict[str, Any] = overrides or {}
-    for item in getattr(args, "set_", []) or []:
-        if "=" not in item:
-            raise SettingsError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        put(ov, key.strip(), value)
-    put(ov, "log_level", getattr(args, "log_level", None))
-    return load_settings(getattr(args, "config", None), ov)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in (
-        "faster_whisper",
-        "httpx",
-        "urllib3",
-        "transformers",
-        "amqtt",
-        "hpack",
-        "asyncio",
-    ):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``emomon`` parser. With ``argv``, only the command it names gets its flags (the
+    others are listed by name); without, every command is built in full."""
     parser = argparse.ArgumentParser(
         prog="emomon",
         description="Real-time emotion monitor for conversations: audio in, per-speaker emotion events out.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        mod = importlib.import_module(f"emomon.services.commands.{name}")
-        mod.register(sub, add_common)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
+        if chosen is None or chosen == cmd.name:
+            cmd.configure(p)
     return parser
 
 
@@ -122,11 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\..*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
-    from emomon.services.commands.model_commands import PASSTHROUGH, dispatch
-
-    if argv and argv[0] in PASSTHROUGH:
-        return dispatch(PASSTHROUGH[argv[0]], argv[1:])
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

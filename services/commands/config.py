@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 
-from emomon.services.cli import settings_from_args
+from emomon.services.commands.common import Command, settings_from_args
+from emomon.services.commands.flags import add_common
 
 
-def register(
-    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    p = sub.add_parser("config", help="show the effective configuration")
+def configure(p: argparse.ArgumentParser) -> None:
     csub = p.add_subparsers(dest="config_cmd", metavar="ACTION")
     show = csub.add_parser(
         "show", help="print the effective settings as JSON (or TOML-like with --toml)"
@@ -20,6 +17,9 @@ def register(
     add_common(show)
     show.set_defaults(func=_show)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+COMMAND = Command("config", "show the effective configuration", configure)
 
 
 def _show(args: argparse.Namespace) -> int:

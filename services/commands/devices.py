@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 
-from emomon.services.cli import CliError
+from emomon.services.commands.common import CliError, Command
+from emomon.services.commands.flags import add_common
 from emomon.streamer.sources.base import SourceError
 
 
-def register(
-    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    p = sub.add_parser("devices", help="list audio input devices (for --source mic:DEVICE)")
+def configure(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_devices)
+
+
+COMMAND = Command("devices", "list audio input devices (for --source mic:DEVICE)", configure)
 
 
 def _devices(args: argparse.Namespace) -> int:

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from emomon.services.cli import CliError, settings_from_args, setup_logging
-from emomon.services.commands.run import add_pipeline_flags, open_sources, pipeline_overrides
-from emomon.services.publish.base import SinkError
+from emomon.services.commands.common import (
+    CliError,
+    Command,
+    pipeline_errors,
+    settings_from_args,
+    setup_logging,
+)
+from emomon.services.commands.flags import add_common, add_flags, overrides
+from emomon.services.commands.run import PIPELINE_FLAGS, _run
+from emomon.services.commands.sessions import open_sources
 from emomon.services.publish.jsonl import PerSessionJsonlSink
-from emomon.services.worker import WorkerError
-from emomon.streamer.shared_models import SpeakerModelError
-from emomon.streamer.sources.base import SourceError
-from emomon.streamer.transcriber import TranscriberError
 
 
-def register(
-    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    p = sub.add_parser(
-        "replay", help="replay recorded sessions (one per file); writes JSONL and a timeline PNG"
-    )
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "files", nargs="+", metavar="FILE", help="audio files (wav, flac, mp3, ogg, mp4, ...)"
     )
@@ -30,24 +27,29 @@ def register(
         "--out", default="emomon-out", metavar="DIR", help="output folder (default: emomon-out)"
     )
     p.add_argument("--no-plot", action="store_true", help="skip the timeline PNG")
-    add_pipeline_flags(p)
+    add_flags(p, *PIPELINE_FLAGS)
     add_common(p)
     p.set_defaults(func=cmd_replay)
+
+
+COMMAND = Command(
+    "replay",
+    "replay recorded sessions (one per file); writes JSONL and a timeline PNG",
+    configure,
+)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from emomon.services.commands.run import _run
-
-    settings = settings_from_args(args, pipeline_overrides(args))
+    settings = settings_from_args(args, overrides(args, *PIPELINE_FLAGS))
     setup_logging(settings.log_level)
     sessions = open_sources(settings, [f"file:{f}" for f in args.files])
     out = Path(args.out)
     per_session = PerSessionJsonlSink(out)
     try:
         stats = asyncio.run(_run(settings, sessions, [per_session]))
-    except (SourceError, SinkError, WorkerError, TranscriberError, SpeakerModelError) as e:
+    except pipeline_errors() as e:
         raise CliError(str(e)) from e
     if stats is None:
         return 130

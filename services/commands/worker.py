@@ -11,17 +11,21 @@ import argparse
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from emomon.services.cli import CliError, put, settings_from_args
-from emomon.services.commands.stream import (
-    add_metrics_flags,
-    add_redis_flags,
-    redis_overrides,
-    setup_command_logging,
+from emomon.services.commands.common import CliError, Command, settings_from_args, setup_logging
+from emomon.services.commands.flags import (
+    METRICS,
+    MODEL,
+    REDIS,
+    SINKS,
+    WORKER,
+    add_common,
+    add_flags,
+    add_operations,
+    overrides,
 )
 from emomon.services.context import RedisContextStore
 from emomon.services.metrics import Metrics, MetricsServer
@@ -38,92 +42,35 @@ from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
 
 log = logging.getLogger("emomon.worker")
 
+FLAGS = (REDIS, WORKER, MODEL, SINKS)
 
-def register(
-    sub: argparse._SubParsersAction, add_common: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    p = sub.add_parser(
-        "worker",
-        help="distributed mode: classify utterances from a Redis stream and publish events",
-        description=(
-            "Consume utterances written by 'emomon stream' from a Redis Streams consumer group, "
-            "classify them in batches and publish one event per utterance. Entries are acked only "
-            "after the sinks took the events; a crashed worker's entries are reclaimed by the others."
-        ),
-    )
+
+def configure(p: argparse.ArgumentParser) -> None:
     add_common(p)
-    add_redis_flags(p)
-    g = p.add_argument_group("worker")
-    g.add_argument(
-        "--consumer",
-        help="consumer name in the group; keep it stable across restarts (default host-pid)",
-    )
-    g.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        help="where the emotion model runs (default auto)",
-    )
-    g.add_argument(
-        "--checkpoint", metavar="DIR", help="emotion model checkpoint (default: the shipped one)"
-    )
-    g.add_argument(
-        "--max-batch", type=int, metavar="N", help="utterances per batch at most (default 32)"
-    )
-    g.add_argument(
-        "--max-wait-ms", type=int, metavar="MS", help="wait this long to fill a batch (default 20)"
-    )
-    g.add_argument(
-        "--claim-idle-ms",
-        type=int,
-        metavar="MS",
-        help="reclaim entries idle this long from dead workers",
-    )
-    g.add_argument(
-        "--max-deliveries",
-        type=int,
-        metavar="N",
-        help="dead-letter an entry after N failed deliveries",
-    )
-    g.add_argument(
-        "--context-ttl-s",
-        type=int,
-        metavar="S",
-        help="forget a session's context after S idle seconds",
-    )
-    g.add_argument("--no-text", action="store_true", help="leave transcripts out of events")
-    s = p.add_argument_group("sinks")
-    s.add_argument("--jsonl", metavar="FILE", help="append events to FILE as JSON lines")
-    s.add_argument(
-        "--mqtt-url",
-        "--mqtt",
-        metavar="URL",
-        help="publish events to an MQTT broker, mqtt[s]://host:port",
-    )
-    s.add_argument("--no-console", action="store_true", help="do not print events on stdout")
-    add_metrics_flags(p)
+    add_flags(p, *FLAGS)
+    add_operations(p)
     p.set_defaults(func=_main)
 
 
+COMMAND = Command(
+    "worker",
+    "distributed mode: classify utterances from a Redis stream and publish events",
+    configure,
+    description=(
+        "Consume utterances written by 'emomon stream' from a Redis Streams consumer group, "
+        "classify them in batches and publish one event per utterance. Entries are acked only "
+        "after the sinks took the events; a crashed worker's entries are reclaimed by the others."
+    ),
+)
+
+
 def settings_for(args: argparse.Namespace) -> Settings:
-    ov: dict[str, Any] = redis_overrides(args)
-    put(ov, "redis.consumer", args.consumer)
-    put(ov, "redis.claim_idle_ms", args.claim_idle_ms)
-    put(ov, "redis.max_deliveries", args.max_deliveries)
-    put(ov, "redis.context_ttl_s", args.context_ttl_s)
-    put(ov, "worker.device", args.device)
-    put(ov, "worker.checkpoint", args.checkpoint)
-    put(ov, "worker.max_batch", args.max_batch)
-    put(ov, "worker.max_wait_ms", args.max_wait_ms)
-    put(ov, "worker.include_text", False if args.no_text else None)
-    put(ov, "jsonl.path", args.jsonl)
-    put(ov, "mqtt.url", args.mqtt_url)
-    put(ov, "console.enabled", False if args.no_console else None)
-    return settings_from_args(args, ov)
+    return settings_from_args(args, overrides(args, *FLAGS, METRICS))
 
 
 def _main(args: argparse.Namespace) -> int:
     settings = settings_for(args)
-    setup_command_logging(settings.log_level, getattr(args, "log_json", False))
+    setup_logging(settings.log_level, getattr(args, "log_json", False))
     try:
         return asyncio.run(serve_worker(settings))
     except asyncio.CancelledError:  # a second SIGINT/SIGTERM: forced stop, work in hand abandoned

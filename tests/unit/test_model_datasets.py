@@ -220,7 +220,10 @@ def test_split_dialogues_is_seeded_and_keeps_dialogues_whole(tmp_path: Path) -> 
 def test_cli_standard_iemocap_split_and_six_labels(tmp_path: Path) -> None:
     import argparse
 
-    from emomon.model.cli import _config_from_args, _load, _split_args, data_record
+    from emomon.model.cli_common import add_split_args as _split_args
+    from emomon.model.cli_common import config_from_args as _config_from_args
+    from emomon.model.cli_common import data_record
+    from emomon.model.cli_common import load_samples as _load
 
     root = _fake_iemocap(tmp_path, dialogues=10)
     p = argparse.ArgumentParser()

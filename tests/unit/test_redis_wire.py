@@ -153,7 +153,7 @@ def test_stream_replies_parse_in_both_resp_shapes() -> None:
 def test_json_log_lines_are_one_object_each() -> None:
     import logging
 
-    from emomon.services.commands.stream import JsonLogFormatter
+    from emomon.services.commands.common import JsonLogFormatter
 
     rec = logging.LogRecord(
         "emomon.redis", logging.WARNING, __file__, 1, "Redis %s", ("down",), None

@@ -137,7 +137,7 @@ def test_real_mpnet_loads_offline_with_transformers() -> None:
 def test_choosing_an_encoder_by_flag_sets_its_cache_id() -> None:
     import argparse
 
-    from emomon.model.cli import _config_from_args
+    from emomon.model.cli_common import config_from_args as _config_from_args
 
     args = argparse.Namespace(
         config_json=None, set=["text_encoder=all-mpnet-base-v2"], variant="full"
