@@ -280,7 +280,10 @@ def test_two_workers_share_a_sessions_context_through_redis(
             seen.append(ev.context_turns)
         assert seen == [0, 1, 2, 3, 4]
         stored = await store.recent("ctx2")
-        assert all(e.memory is not None and len(e.memory) == 2 * 647 for e in stored)
+        assert all(
+            e.memory is not None and len(e.memory) == 2 * classifier.model.memory_dim
+            for e in stored
+        )
         await client.aclose()
 
     try:
