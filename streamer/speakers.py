@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from emomon.streamer.config import SpeakerConfig
 from emomon.streamer.segmentation import SpeakerSegmentation, find_turn
 from emomon.streamer.shared_models import (
     SharedPasses,
@@ -130,22 +131,16 @@ class OnlineSpeakerClustering:
     Every new window is added to the session's (bounded) window set, which is clustered again
     with Ward linkage: into ``num_speakers`` clusters when the number is known (a phone call
     has two parties), else by merging clusters whose centroids are more similar than
-    ``threshold``. Clusters are mapped onto the labels already given by majority vote of their
+    ``similarity_threshold``. Clusters are mapped onto the labels already given by majority vote of their
     windows, so a label once published keeps meaning the same person.
     """
 
-    def __init__(
-        self,
-        threshold: float = 0.75,
-        max_speakers: int = 8,
-        provisional_s: float = 4.0,
-        num_speakers: int | None = None,
-        max_windows: int = 400,
-    ):
-        self.threshold = threshold
-        self.max_speakers = max_speakers
-        self.provisional_s = provisional_s
-        self.num_speakers = num_speakers
+    def __init__(self, config: SpeakerConfig | None = None, max_windows: int = 400):
+        config = config or SpeakerConfig()
+        self.threshold = config.similarity_threshold
+        self.max_speakers = config.max_speakers
+        self.provisional_s = config.provisional_s
+        self.num_speakers = config.num_speakers
         self.max_windows = max_windows
         self._embs: list[np.ndarray] = []
         self._votes: list[str] = []
@@ -291,35 +286,24 @@ class TurnDetector:
         self,
         embedder: SpeakerEmbedder,
         clustering: OnlineSpeakerClustering,
-        window_s: float = 1.2,
-        hop_s: float = 0.5,
-        confirm: int = 2,
-        change_window_s: float | None = 0.5,
-        change_hop_s: float = 0.1,
-        change_confirm: int = 3,
-        change_margin: float = 0.05,
+        config: SpeakerConfig,
         segmentation: SpeakerSegmentation | None = None,
-        turn_window_s: float = 2.0,
-        turn_hop_s: float = 0.2,
-        turn_min_new_s: float = 0.3,
-        turn_max_new_s: float = 0.6,
-        turn_min_before_s: float = 0.3,
     ):
         self.embedder = embedder
         self.clustering = clustering
-        self.win = int(window_s * SAMPLE_RATE_HZ)
-        self.hop = int(hop_s * SAMPLE_RATE_HZ)
-        self.confirm = confirm
-        self.cwin = int(change_window_s * SAMPLE_RATE_HZ) if change_window_s else 0
-        self.chop = int(change_hop_s * SAMPLE_RATE_HZ)
-        self.cconfirm = change_confirm
-        self.cmargin = change_margin
+        self.win = int(config.window_s * SAMPLE_RATE_HZ)
+        self.hop = int(config.hop_s * SAMPLE_RATE_HZ)
+        self.confirm = config.confirm
+        self.cwin = int(config.change_window_s * SAMPLE_RATE_HZ)  # 0: short windows off
+        self.chop = int(config.change_hop_s * SAMPLE_RATE_HZ)
+        self.cconfirm = config.change_confirm
+        self.cmargin = config.change_margin
         self.seg = segmentation
-        self.swin = int(turn_window_s * SAMPLE_RATE_HZ)
-        self.shop = int(turn_hop_s * SAMPLE_RATE_HZ)
-        self.min_new_s = turn_min_new_s
-        self.max_new_s = turn_max_new_s
-        self.min_before_s = turn_min_before_s
+        self.swin = int(config.turn_window_s * SAMPLE_RATE_HZ)
+        self.shop = int(config.turn_hop_s * SAMPLE_RATE_HZ)
+        self.min_new_s = config.turn_min_new_s
+        self.max_new_s = config.turn_max_new_s
+        self.min_before_s = config.turn_min_before_s
         self._seg_start: float | None = None
         self._windows: list[tuple[int, str]] = []  # (window start sample, label)
         self._next_end = 0
