@@ -142,9 +142,10 @@ def main() -> int:
     args = ap.parse_args()
     extra = overrides(args.sets)
 
-    from emomon.services.pipeline import shared_embedder, shared_segmentation, transcriber_config
+    from emomon.services.pipeline import transcriber_config
     from emomon.services.settings import load_settings
     from emomon.services.worker import FusionWorker
+    from emomon.streamer.stages import shared_embedder, shared_segmentation
     from emomon.streamer.transcriber import Transcriber
 
     base = load_settings(overrides=extra, environ={})

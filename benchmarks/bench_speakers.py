@@ -32,7 +32,7 @@ CALL = ROOT / "tests" / "data" / "phone-call-2spk.wav"
 def embed_cost(repeats: int = 60) -> None:
     import torch
 
-    from emomon.services.pipeline import shared_embedder
+    from emomon.streamer.stages import shared_embedder
 
     emb = shared_embedder()
     x = [np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)]
@@ -81,7 +81,7 @@ def per_window(run, windows: list, calls: int) -> float:  # type: ignore[no-unty
 
 
 def segmentation_cost(repeats: int = 40) -> None:
-    from emomon.services.pipeline import shared_segmentation
+    from emomon.streamer.stages import shared_segmentation
 
     seg = shared_segmentation()
     w = [np.random.default_rng(i).normal(0, 0.1, 48000).astype(np.float32) for i in range(4)]
@@ -124,7 +124,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs\n")
     embed_cost()
-    from emomon.services.worker import set_torch_threads
+    from emomon.streamer.config import set_torch_threads
 
     set_torch_threads(1)
     segmentation_cost()

@@ -110,20 +110,22 @@ async def detect(
 ) -> tuple[list[tuple[float, float, str, float]], float]:
     """Segments (start, end, speaker, closed after) and wall time; ``counts`` (if given) gains
     the cuts each resolution made and the window cuts the frames vetoed."""
-    from emomon.services.pipeline import PipelineStats, SpeakerStage, segmenter_config, speech
+    from emomon.services.pipeline import streamer_config
     from emomon.services.settings import load_settings
     from emomon.streamer.segmenter import Segmenter
     from emomon.streamer.sources.file import FileSource
+    from emomon.streamer.stages import SpeakerStage, StreamStats, speech
 
     s = load_settings(
         overrides={"speakers": {"num_speakers": 2, "mode": "cluster", **over}}, environ={}
     )
     src = FileSource(path)
-    stage = SpeakerStage(s, src)
+    cfg = streamer_config(s)
+    stage = SpeakerStage(cfg.speakers, src, cfg.torch_threads)
     out = []
     t0 = time.perf_counter()
     async for seg, who, _prov, _dt in speech(
-        src.chunks(), Segmenter(segmenter_config(s)), stage, PipelineStats()
+        src.chunks(), Segmenter(cfg.vad), stage, StreamStats()
     ):
         out.append((seg.start_s, seg.end_s, who, seg.hangover_s))
     if counts is not None:
@@ -165,7 +167,7 @@ def main() -> int:
         help="speakers.* overrides as JSON, one detector setting each",
     )
     args = ap.parse_args()
-    from emomon.services.worker import set_torch_threads
+    from emomon.streamer.config import set_torch_threads
     from tests.helpers.scoring import read_rttm
 
     set_torch_threads(1)

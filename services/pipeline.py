@@ -1,21 +1,21 @@
-"""The data path, chained in one visible place.
+"""The embedded pipeline: both halves in one process, and the factories that build them.
 
-    source.chunks() -> speech(): VAD segmenter + speaker attribution -> transcriber -> Utterance
+    source.chunks() -> streamer half (emomon.streamer.stages.utterances) -> Utterance
         -> queue -> FusionWorker (batches) -> EmotionEvent -> sinks
 
-``utterances()`` is the streamer half (also used by ``emomon stream``); :class:`Pipeline` runs
-both halves in one process with the in-process queue (``emomon run`` / ``emomon replay``).
+The streamer half lives in :mod:`emomon.streamer.stages`; here its stages get their configs
+from the settings (``utterances()`` below, also used by ``emomon stream``), sources and sinks
+are built from their specs, and :class:`Pipeline` runs both halves with the in-process queue
+(``emomon run`` / ``emomon replay``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,28 +29,32 @@ from emomon.services.events import EmotionEvent
 from emomon.services.publish.base import Sink
 from emomon.services.queue.memory import InProcessQueue
 from emomon.services.settings import Settings
-from emomon.services.worker import FusionWorker, set_torch_threads
-from emomon.streamer.segmenter import Segmenter, SegmenterConfig, SpeechSegment
-from emomon.streamer.sources.base import AudioChunk, AudioSource, SourceError
-from emomon.streamer.transcriber import (
-    Transcriber,
+from emomon.services.worker import FusionWorker
+from emomon.streamer import stages
+from emomon.streamer.config import (
+    SegmenterConfig,
+    SpeakerConfig,
+    StreamerConfig,
     TranscriberConfig,
-    TranscriberError,
-    Transcript,
+    set_torch_threads,
 )
+from emomon.streamer.sources.base import AudioSource, SourceError
+from emomon.streamer.stages import (
+    StreamStats,
+    clusters_speakers,
+    shared_embedder,
+    shared_segmentation,
+)
+from emomon.streamer.transcriber import Transcriber, TranscriberError
 from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PipelineStats:
+class PipelineStats(StreamStats):
     """Counters and per-utterance stage timings of one run (read by the CLI and benchmarks)."""
 
-    chunks: int = 0
-    segments: int = 0
-    utterances: int = 0
-    empty_transcripts: int = 0
     events: int = 0
     sink_ms: list[float] = field(default_factory=list)
     events_list: list[EmotionEvent] = field(default_factory=list)
@@ -101,16 +105,24 @@ def default_session_id(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "session"
 
 
-def segmenter_config(settings: Settings) -> SegmenterConfig:
-    v = settings.vad
-    return SegmenterConfig(
-        frame_ms=v.frame_ms,
-        aggressiveness=v.aggressiveness,
-        preroll_ms=v.preroll_ms,
-        hangover_ms=v.hangover_ms,
-        min_speech_ms=v.min_speech_ms,
-        max_utterance_s=v.max_utterance_s,
+def streamer_config(settings: Settings) -> StreamerConfig:
+    """The streamer stages' configs, each made from its settings section whole."""
+    return StreamerConfig(
+        vad=SegmenterConfig(**settings.vad.model_dump()),
+        speakers=SpeakerConfig(**settings.speakers.model_dump()),
+        torch_threads=settings.worker.torch_threads,
     )
+
+
+def utterances(
+    source: AudioSource,
+    settings: Settings,
+    session: str,
+    transcriber: Transcriber,
+    stats: StreamStats,
+) -> AsyncIterator[Utterance]:
+    """The streamer half (:func:`emomon.streamer.stages.utterances`) configured by ``settings``."""
+    return stages.utterances(source, streamer_config(settings), session, transcriber, stats)
 
 
 def encoder_window(settings: Settings) -> str:
@@ -131,17 +143,9 @@ def encoder_window(settings: Settings) -> str:
 
 
 def transcriber_config(settings: Settings) -> TranscriberConfig:
-    a = settings.asr
-    return TranscriberConfig(
-        encoder_window=encoder_window(settings),
-        model=a.model,
-        device=a.device,
-        compute_type=a.compute_type,
-        beam_size=a.beam_size,
-        language=a.language,
-        cpu_threads=a.cpu_threads,
-        workers=a.workers,
-    )
+    """The ASR section whole, with ``encoder_window=auto`` resolved."""
+    asr = settings.asr.model_dump()
+    return TranscriberConfig(**{**asr, "encoder_window": encoder_window(settings)})
 
 
 def build_sinks(settings: Settings, sessions: Sequence[str] = ()) -> list[Sink]:
@@ -158,240 +162,6 @@ def build_sinks(settings: Settings, sessions: Sequence[str] = ()) -> list[Sink]:
 
         sinks.append(MqttSink(settings.mqtt, sessions=sessions))
     return sinks
-
-
-# -- speaker attribution stage -------------------------------------------------------------
-@functools.cache
-def shared_embedder():  # type: ignore[no-untyped-def]
-    """One CAM++ model per process, shared by all sessions (it is thread-safe)."""
-    from emomon.streamer.speakers import SpeakerEmbedder
-
-    return SpeakerEmbedder()
-
-
-@functools.cache
-def shared_segmentation():  # type: ignore[no-untyped-def]
-    """One segmentation model per process, shared by all sessions (it is thread-safe)."""
-    from emomon.streamer.segmentation import SpeakerSegmentation
-
-    return SpeakerSegmentation()
-
-
-def clusters_speakers(settings: Settings, source: AudioSource) -> bool:
-    """Whether ``source``'s channels get speaker clustering (else a channel is one speaker)."""
-    sp = settings.speakers
-    return sp.mode == "cluster" or (sp.mode == "auto" and source.multi_speaker_channels)
-
-
-class SpeakerStage:
-    """Labels segments; on multi-speaker channels it also cuts open segments at speaker changes."""
-
-    def __init__(self, settings: Settings, source: AudioSource):
-        sp = settings.speakers
-        self.cluster = clusters_speakers(settings, source)
-        self.sp = sp
-        # Check as often as the finest detector needs.
-        hops = [sp.hop_s]
-        hops += [sp.change_hop_s] if sp.change_window_s else []
-        hops += [sp.turn_hop_s] if sp.segmentation else []
-        self.hop_s = min(hops)
-        self._detectors: dict[str, object] = {}
-        self._checked: dict[str, tuple[float, int]] = {}
-        self.errors = 0
-        if self.cluster:
-            from emomon.streamer.speakers import OnlineSpeakerClustering
-
-            set_torch_threads(settings.worker.torch_threads)
-            self.embedder = shared_embedder()
-            self.segmentation = shared_segmentation() if sp.segmentation else None
-            self.clustering = OnlineSpeakerClustering(
-                sp.similarity_threshold,
-                sp.max_speakers,
-                sp.provisional_s,
-                num_speakers=sp.num_speakers,
-            )
-
-    def _detector(self, channel: str):  # type: ignore[no-untyped-def]
-        from emomon.streamer.speakers import TurnDetector
-
-        det = self._detectors.get(channel)
-        if det is None:
-            sp = self.sp
-            det = self._detectors[channel] = TurnDetector(
-                self.embedder,
-                self.clustering,
-                window_s=sp.window_s,
-                hop_s=sp.hop_s,
-                confirm=sp.confirm,
-                change_window_s=sp.change_window_s or None,
-                change_hop_s=sp.change_hop_s,
-                change_confirm=sp.change_confirm,
-                change_margin=sp.change_margin,
-                segmentation=self.segmentation,
-                turn_window_s=sp.turn_window_s,
-                turn_hop_s=sp.turn_hop_s,
-                turn_min_new_s=sp.turn_min_new_s,
-                turn_max_new_s=sp.turn_max_new_s,
-                turn_min_before_s=sp.turn_min_before_s,
-            )
-        return det
-
-    async def maybe_cut(
-        self, segmenter: Segmenter, channel: str, wall_end: float | None = None
-    ) -> SpeechSegment | None:
-        """Ask the turn detector about the open segment of ``channel`` (audio captured up to
-        ``wall_end``); when the stage lags the audio by more than ``change_max_lag_ms``, the
-        short windows are skipped this time (counted in ``short_skipped``)."""
-        if not self.cluster:
-            return None
-        open_ = segmenter.open_audio(channel)
-        if open_ is None:
-            return None
-        start_s, pcm = open_
-        last = self._checked.get(channel)
-        if (
-            last is not None
-            and last[0] == start_s
-            and pcm.shape[0] - last[1] < self.hop_s * SAMPLE_RATE_HZ
-        ):
-            return None
-        self._checked[channel] = (start_s, pcm.shape[0])
-        try:
-            fine = wall_end is None or (time.time() - wall_end) * 1000 <= self.sp.change_max_lag_ms
-            cut_at = await asyncio.to_thread(self._detector(channel).update, start_s, pcm, fine)
-        except Exception as e:  # noqa: BLE001 - attribution trouble must not end the session
-            self.errors += 1
-            log.error(
-                "speaker turn detection failed on channel %s (%d so far): %s",
-                channel,
-                self.errors,
-                e,
-            )
-            return None
-        return segmenter.cut(channel, cut_at) if cut_at is not None else None
-
-    async def label(self, seg: SpeechSegment) -> tuple[str, bool]:
-        """(speaker label, provisional) of a closed segment."""
-        if not self.cluster:
-            return seg.speaker or f"ch{seg.channel}", False
-        try:
-            label = await asyncio.to_thread(
-                self._detector(seg.channel).finish, seg.start_s, seg.pcm
-            )
-        except Exception as e:  # noqa: BLE001 - keep the utterance, mark who said it as unknown
-            self.errors += 1
-            log.error(
-                "speaker attribution failed on channel %s (%d so far): %s",
-                seg.channel,
-                self.errors,
-                e,
-            )
-            return f"ch{seg.channel}-unknown", True
-        provisional = self.clustering.add_speech(label, seg.end_s - seg.start_s)
-        return label, provisional
-
-
-async def speech(
-    chunks: AsyncIterator[AudioChunk],
-    segmenter: Segmenter,
-    speakers: SpeakerStage,
-    stats: PipelineStats,
-) -> AsyncIterator[tuple[SpeechSegment, str, bool, float]]:
-    """VAD + speaker attribution: yields (segment, speaker, provisional, attribution seconds)."""
-
-    async def labelled(seg: SpeechSegment) -> tuple[SpeechSegment, str, bool, float]:
-        t0 = time.perf_counter()
-        who, prov = await speakers.label(seg)
-        stats.segments += 1
-        return seg, who, prov, time.perf_counter() - t0
-
-    async for chunk in chunks:
-        stats.chunks += 1
-        for seg in segmenter.feed(chunk):
-            yield await labelled(seg)
-        if not chunk.final:
-            cut = await speakers.maybe_cut(segmenter, chunk.channel, chunk.wall_end)
-            if cut is not None:
-                yield await labelled(cut)
-    for seg in segmenter.flush():
-        yield await labelled(seg)
-
-
-async def utterances(
-    source: AudioSource,
-    settings: Settings,
-    session: str,
-    transcriber: Transcriber,
-    stats: PipelineStats,
-) -> AsyncIterator[Utterance]:
-    """The streamer half: one source in, transcribed utterances out (in order).
-
-    VAD and speaker attribution run in their own task and hand each closed segment straight to
-    the transcriber, so turn detection keeps listening while an utterance is transcribed (a
-    slow transcription never delays finding where the next one ends). Utterances come out in
-    the order they were spoken.
-    """
-    segmenter = Segmenter(segmenter_config(settings))
-    speakers = SpeakerStage(settings, source)
-    # A per-run part keeps utterance (and so event) ids unique when a live session restarts.
-    run_id = uuid.uuid4().hex[:8]
-    Item = tuple[SpeechSegment, str, bool, float, "asyncio.Future[Transcript]"]
-    ready: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=64)
-
-    async def front() -> None:
-        try:
-            async for seg, who, provisional, spk_s in speech(
-                source.chunks(), segmenter, speakers, stats
-            ):
-                audio = seg.pcm.astype("float32") / 32768.0
-                asr = asyncio.ensure_future(transcriber.transcribe(audio))
-                await ready.put((seg, who, provisional, spk_s, asr))
-        finally:
-            await ready.put(None)
-
-    task = asyncio.create_task(front(), name="speech")
-    seq = 0
-    try:
-        while (item := await ready.get()) is not None:
-            seg, who, provisional, spk_s, asr = item
-            tr = await asr
-            asr_s = max(0.0, time.time() - seg.detected_wall - spk_s)  # incl. waiting for a slot
-            if not tr.text:
-                stats.empty_transcripts += 1
-            seq += 1
-            stats.utterances += 1
-            yield Utterance(
-                session=session,
-                speaker=who,
-                channel=seg.channel,
-                utterance_id=f"{session}:{run_id}:{seg.channel}:{seq:06d}",
-                start_s=seg.start_s,
-                end_s=seg.end_s,
-                end_wall=seg.end_wall,
-                pcm=seg.pcm,
-                text=tr.text,
-                language=tr.language,
-                asr_confidence=tr.confidence,
-                speaker_provisional=provisional,
-                # end of speech -> segment closed (VAD hang-over or turn-change detection, plus
-                # any time the audio waited in a backlog), then the stages that followed.
-                timings={
-                    "vad_hangover": max(0.0, seg.detected_wall - seg.end_wall),
-                    "speaker": spk_s,
-                    "asr": asr_s,
-                },
-                whisper_frames=tr.frames,
-                whisper_window=tr.frames_window,
-            )
-        await task  # re-raises what ended the source (e.g. a decode error)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while not ready.empty():  # abandoned transcriptions (forced stop)
-            if (left := ready.get_nowait()) is not None:
-                left[4].cancel()
 
 
 # -- the embedded pipeline -----------------------------------------------------------------
@@ -465,7 +235,9 @@ class Pipeline:
         """
         stop = stop or asyncio.Event()
         if self.settings.warm_up:
-            cluster = any(clusters_speakers(self.settings, src) for _, src in sessions)
+            cluster = any(
+                clusters_speakers(self.settings.speakers.mode, src) for _, src in sessions
+            )
             await asyncio.to_thread(self.warm_up, cluster)
         started: list[Sink] = []
         try:

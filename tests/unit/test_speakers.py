@@ -1,5 +1,6 @@
 import numpy as np
 
+from emomon.streamer.config import SpeakerConfig
 from emomon.streamer.speakers import OnlineSpeakerClustering
 
 
@@ -16,7 +17,7 @@ def _sample(rng, c):
 
 def test_known_speaker_count_gives_stable_labels():
     rng, centers = _voices(2)
-    cl = OnlineSpeakerClustering(num_speakers=2)
+    cl = OnlineSpeakerClustering(SpeakerConfig(num_speakers=2, similarity_threshold=0.75))
     seq = [0] * 6 + [1] * 6 + [0] * 4 + [1] * 4
     labels = [cl.assign(_sample(rng, centers[i])) for i in seq]
     assert len(set(labels)) == 2
@@ -31,14 +32,14 @@ def test_known_speaker_count_gives_stable_labels():
 
 def test_unknown_count_is_estimated_for_distinct_voices():
     rng, centers = _voices(3, seed=1)
-    cl = OnlineSpeakerClustering(threshold=0.5)
+    cl = OnlineSpeakerClustering(SpeakerConfig(similarity_threshold=0.5))
     seq = [0] * 5 + [1] * 5 + [2] * 5 + [0, 1, 2] * 2
     labels = [cl.assign(_sample(rng, centers[i])) for i in seq]
     assert len(set(labels[-6:])) == 3
 
 
 def test_provisional_until_enough_speech():
-    cl = OnlineSpeakerClustering(provisional_s=4.0)
+    cl = OnlineSpeakerClustering(SpeakerConfig(provisional_s=4.0, similarity_threshold=0.75))
     assert cl.add_speech("speaker_1", 3.0) is True
     assert cl.add_speech("speaker_1", 1.5) is False
 
@@ -48,7 +49,7 @@ def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
     import threading
     import time
 
-    from emomon.services.pipeline import shared_embedder
+    from emomon.streamer.stages import shared_embedder
 
     emb = shared_embedder()
     audio = call_pcm.astype(np.float32) / 32768
@@ -79,8 +80,8 @@ def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
 def test_traced_embedder_matches_the_eager_network(call_pcm):
     """The pipeline's CAM++ is a traced, frozen graph; it must give the eager network's
     embeddings for every window length and batch size the detector uses."""
-    from emomon.services.pipeline import shared_embedder
     from emomon.streamer.speakers import SpeakerEmbedder
+    from emomon.streamer.stages import shared_embedder
 
     traced, eager = shared_embedder(), SpeakerEmbedder(jit=False)
     assert traced.jit and not eager.jit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from emomon.streamer.config import SpeakerConfig
 from emomon.streamer.speakers import OnlineSpeakerClustering, SpeakerEmbedder, TurnDetector
 
 SR = 16_000
@@ -12,7 +13,7 @@ SR = 16_000
 
 @pytest.fixture(scope="module")
 def embedder() -> SpeakerEmbedder:
-    from emomon.services.worker import set_torch_threads
+    from emomon.streamer.config import set_torch_threads
 
     set_torch_threads(1)  # as the pipeline runs it
     return SpeakerEmbedder()
@@ -56,13 +57,8 @@ def _check(cuts, bounds, tol_s):
 
 @pytest.fixture(scope="module")
 def long_only(embedder, turns):
-    det = TurnDetector(
-        embedder,
-        OnlineSpeakerClustering(num_speakers=2),
-        window_s=1.2,
-        hop_s=0.25,
-        change_window_s=None,
-    )
+    config = SpeakerConfig(num_speakers=2, window_s=1.2, hop_s=0.25, change_window_s=0)
+    det = TurnDetector(embedder, OnlineSpeakerClustering(config), config)
     return det, _run(det, turns[0])
 
 
@@ -73,16 +69,15 @@ def test_long_windows_find_turns(long_only, turns):
 
 
 def _two_resolutions(embedder: SpeakerEmbedder, segmentation=None) -> TurnDetector:
-    return TurnDetector(
-        embedder,
-        OnlineSpeakerClustering(num_speakers=2),
+    config = SpeakerConfig(
+        num_speakers=2,
         window_s=1.2,
         hop_s=0.25,
         change_window_s=0.6,
         change_hop_s=0.1,
         change_confirm=2,
-        segmentation=segmentation,
     )
+    return TurnDetector(embedder, OnlineSpeakerClustering(config), config, segmentation)
 
 
 def test_short_windows_find_turns_sooner(embedder, turns, long_only):
@@ -109,7 +104,7 @@ def test_under_load_the_short_windows_are_skipped_and_long_ones_still_find_turns
 
 @pytest.fixture(scope="module")
 def segmentation():
-    from emomon.services.pipeline import shared_segmentation
+    from emomon.streamer.stages import shared_segmentation
 
     return shared_segmentation()
 

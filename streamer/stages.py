@@ -1,0 +1,255 @@
+"""The streamer half, chained in one visible place:
+
+    source.chunks() -> speech(): VAD segmenter + SpeakerStage -> transcriber -> Utterance
+
+:func:`utterances` is what ``emomon stream`` sends to the queue and what the embedded pipeline
+hands to its worker. Each stage takes its config whole
+(:mod:`emomon.streamer.config`); the speaker models load lazily, only for channels that are
+clustered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from emomon.streamer.config import SpeakerConfig, StreamerConfig, set_torch_threads
+from emomon.streamer.segmenter import Segmenter, SpeechSegment
+from emomon.streamer.sources.base import AudioChunk, AudioSource
+from emomon.streamer.transcriber import Transcriber, Transcript
+from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
+
+if TYPE_CHECKING:
+    from emomon.streamer.segmentation import SpeakerSegmentation
+    from emomon.streamer.speakers import SpeakerEmbedder, TurnDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamStats:
+    """Counters of the streamer half of one run (read by the CLI and benchmarks)."""
+
+    chunks: int = 0
+    segments: int = 0
+    utterances: int = 0
+    empty_transcripts: int = 0
+
+
+@functools.cache
+def shared_embedder() -> SpeakerEmbedder:
+    """One CAM++ model per process, shared by all sessions (it is thread-safe)."""
+    from emomon.streamer.speakers import SpeakerEmbedder
+
+    return SpeakerEmbedder()
+
+
+@functools.cache
+def shared_segmentation() -> SpeakerSegmentation:
+    """One segmentation model per process, shared by all sessions (it is thread-safe)."""
+    from emomon.streamer.segmentation import SpeakerSegmentation
+
+    return SpeakerSegmentation()
+
+
+def clusters_speakers(mode: str, source: AudioSource) -> bool:
+    """Whether ``source``'s channels get speaker clustering (else a channel is one speaker)."""
+    return mode == "cluster" or (mode == "auto" and source.multi_speaker_channels)
+
+
+class SpeakerStage:
+    """Labels segments; on multi-speaker channels it also cuts open segments at speaker changes."""
+
+    def __init__(self, config: SpeakerConfig, source: AudioSource, torch_threads: int = 0):
+        self.config = config
+        self.cluster = clusters_speakers(config.mode, source)
+        # Check as often as the finest detector needs.
+        hops = [config.hop_s]
+        hops += [config.change_hop_s] if config.change_window_s else []
+        hops += [config.turn_hop_s] if config.segmentation else []
+        self.hop_s = min(hops)
+        self._detectors: dict[str, TurnDetector] = {}
+        self._checked: dict[str, tuple[float, int]] = {}
+        self.errors = 0
+        if self.cluster:
+            from emomon.streamer.speakers import OnlineSpeakerClustering
+
+            set_torch_threads(torch_threads)
+            self.embedder = shared_embedder()
+            self.segmentation = shared_segmentation() if config.segmentation else None
+            self.clustering = OnlineSpeakerClustering(config)
+
+    def _detector(self, channel: str) -> TurnDetector:
+        from emomon.streamer.speakers import TurnDetector
+
+        det = self._detectors.get(channel)
+        if det is None:
+            det = self._detectors[channel] = TurnDetector(
+                self.embedder, self.clustering, self.config, self.segmentation
+            )
+        return det
+
+    async def maybe_cut(
+        self, segmenter: Segmenter, channel: str, wall_end: float | None = None
+    ) -> SpeechSegment | None:
+        """Ask the turn detector about the open segment of ``channel`` (audio captured up to
+        ``wall_end``); when the stage lags the audio by more than ``change_max_lag_ms``, the
+        short windows are skipped this time (counted in ``short_skipped``)."""
+        if not self.cluster:
+            return None
+        open_ = segmenter.open_audio(channel)
+        if open_ is None:
+            return None
+        start_s, pcm = open_
+        last = self._checked.get(channel)
+        if (
+            last is not None
+            and last[0] == start_s
+            and pcm.shape[0] - last[1] < self.hop_s * SAMPLE_RATE_HZ
+        ):
+            return None
+        self._checked[channel] = (start_s, pcm.shape[0])
+        max_lag_ms = self.config.change_max_lag_ms
+        try:
+            fine = wall_end is None or (time.time() - wall_end) * 1000 <= max_lag_ms
+            cut_at = await asyncio.to_thread(self._detector(channel).update, start_s, pcm, fine)
+        except Exception as e:  # noqa: BLE001 - attribution trouble must not end the session
+            self.errors += 1
+            log.error(
+                "speaker turn detection failed on channel %s (%d so far): %s",
+                channel,
+                self.errors,
+                e,
+            )
+            return None
+        return segmenter.cut(channel, cut_at) if cut_at is not None else None
+
+    async def label(self, seg: SpeechSegment) -> tuple[str, bool]:
+        """(speaker label, provisional) of a closed segment."""
+        if not self.cluster:
+            return seg.speaker or f"ch{seg.channel}", False
+        try:
+            label = await asyncio.to_thread(
+                self._detector(seg.channel).finish, seg.start_s, seg.pcm
+            )
+        except Exception as e:  # noqa: BLE001 - keep the utterance, mark who said it as unknown
+            self.errors += 1
+            log.error(
+                "speaker attribution failed on channel %s (%d so far): %s",
+                seg.channel,
+                self.errors,
+                e,
+            )
+            return f"ch{seg.channel}-unknown", True
+        provisional = self.clustering.add_speech(label, seg.end_s - seg.start_s)
+        return label, provisional
+
+
+async def speech(
+    chunks: AsyncIterator[AudioChunk],
+    segmenter: Segmenter,
+    speakers: SpeakerStage,
+    stats: StreamStats,
+) -> AsyncIterator[tuple[SpeechSegment, str, bool, float]]:
+    """VAD + speaker attribution: yields (segment, speaker, provisional, attribution seconds)."""
+
+    async def labelled(seg: SpeechSegment) -> tuple[SpeechSegment, str, bool, float]:
+        t0 = time.perf_counter()
+        who, prov = await speakers.label(seg)
+        stats.segments += 1
+        return seg, who, prov, time.perf_counter() - t0
+
+    async for chunk in chunks:
+        stats.chunks += 1
+        for seg in segmenter.feed(chunk):
+            yield await labelled(seg)
+        if not chunk.final:
+            cut = await speakers.maybe_cut(segmenter, chunk.channel, chunk.wall_end)
+            if cut is not None:
+                yield await labelled(cut)
+    for seg in segmenter.flush():
+        yield await labelled(seg)
+
+
+async def utterances(
+    source: AudioSource,
+    config: StreamerConfig,
+    session: str,
+    transcriber: Transcriber,
+    stats: StreamStats,
+) -> AsyncIterator[Utterance]:
+    """The streamer half: one source in, transcribed utterances out (in order).
+
+    VAD and speaker attribution run in their own task and hand each closed segment straight to
+    the transcriber, so turn detection keeps listening while an utterance is transcribed (a
+    slow transcription never delays finding where the next one ends). Utterances come out in
+    the order they were spoken.
+    """
+    segmenter = Segmenter(config.vad)
+    speakers = SpeakerStage(config.speakers, source, config.torch_threads)
+    # A per-run part keeps utterance (and so event) ids unique when a live session restarts.
+    run_id = uuid.uuid4().hex[:8]
+    Item = tuple[SpeechSegment, str, bool, float, "asyncio.Future[Transcript]"]
+    ready: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=64)
+
+    async def front() -> None:
+        try:
+            async for seg, who, provisional, spk_s in speech(
+                source.chunks(), segmenter, speakers, stats
+            ):
+                audio = seg.pcm.astype("float32") / 32768.0
+                asr = asyncio.ensure_future(transcriber.transcribe(audio))
+                await ready.put((seg, who, provisional, spk_s, asr))
+        finally:
+            await ready.put(None)
+
+    task = asyncio.create_task(front(), name="speech")
+    seq = 0
+    try:
+        while (item := await ready.get()) is not None:
+            seg, who, provisional, spk_s, asr = item
+            tr = await asr
+            asr_s = max(0.0, time.time() - seg.detected_wall - spk_s)  # incl. waiting for a slot
+            if not tr.text:
+                stats.empty_transcripts += 1
+            seq += 1
+            stats.utterances += 1
+            yield Utterance(
+                session=session,
+                speaker=who,
+                channel=seg.channel,
+                utterance_id=f"{session}:{run_id}:{seg.channel}:{seq:06d}",
+                start_s=seg.start_s,
+                end_s=seg.end_s,
+                end_wall=seg.end_wall,
+                pcm=seg.pcm,
+                text=tr.text,
+                language=tr.language,
+                asr_confidence=tr.confidence,
+                speaker_provisional=provisional,
+                # end of speech -> segment closed (VAD hang-over or turn-change detection, plus
+                # any time the audio waited in a backlog), then the stages that followed.
+                timings={
+                    "vad_hangover": max(0.0, seg.detected_wall - seg.end_wall),
+                    "speaker": spk_s,
+                    "asr": asr_s,
+                },
+                whisper_frames=tr.frames,
+                whisper_window=tr.frames_window,
+            )
+        await task  # re-raises what ended the source (e.g. a decode error)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not ready.empty():  # abandoned transcriptions (forced stop)
+            if (left := ready.get_nowait()) is not None:
+                left[4].cancel()
