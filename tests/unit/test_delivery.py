@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from emomon.services.context import InMemoryContextStore
 from emomon.services.delivery import Delivery, context_store_for
 from emomon.services.events import EmotionEvent
-from emomon.services.queue.redis.retry import RetryPolicy
+from emomon.services.retry import RetryPolicy
 from emomon.services.settings import WorkerSettings
 from emomon.streamer.utterance import Utterance
 from tests.helpers.factories import event

@@ -9,9 +9,7 @@ them, and tests/unit/test_mqtt_client.py fails by name if an upgrade removes or 
 from __future__ import annotations
 
 import logging
-import random
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -20,6 +18,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from emomon.services.publish.base import SinkError
+from emomon.services.retry import ExponentialBackoff
 from emomon.services.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -86,30 +85,9 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
     return ctx
 
 
-@dataclass(frozen=True, slots=True)
-class ReconnectPolicy:
-    """Exponential backoff with jitter between connection attempts.
-
-    Why a policy object: the only place that decides *when* to retry, so the sink's connection
-    loop stays one readable ``while`` and tests can shorten the waits (cf. redis-py's ``Retry``).
-    Jitter spreads the reconnects of many emomon processes after a broker restart.
-    """
-
-    initial_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.2  # each delay is scaled by a random factor in [1 - jitter, 1 + jitter]
-
-    def __post_init__(self) -> None:
-        if self.initial_delay_s < 0 or self.max_delay_s < self.initial_delay_s:
-            raise ValueError("need 0 <= initial_delay_s <= max_delay_s")
-        if self.multiplier < 1 or not 0 <= self.jitter < 1:
-            raise ValueError("need multiplier >= 1 and 0 <= jitter < 1")
-
-    def delay_s(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait before attempt number ``attempt`` (1 = the first retry)."""
-        base = min(self.max_delay_s, self.initial_delay_s * self.multiplier ** max(0, attempt - 1))
-        return base * (1 - self.jitter + 2 * self.jitter * rand())
+# When the sink retries a lost or refused connection: the shared back-off (issue #19) with its
+# MQTT defaults, 0.5 s doubling to 30 s, each delay scaled by a random factor in [0.8, 1.2].
+ReconnectPolicy = ExponentialBackoff
 
 
 class _PahoLog(logging.LoggerAdapter):  # type: ignore[type-arg]

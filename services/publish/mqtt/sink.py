@@ -6,7 +6,8 @@ leaves the outbox only after every one of its messages was acknowledged (QoS 1: 
 broker restart or a dropped connection loses nothing: whatever was in flight is put back and
 sent again after the reconnect (consumers may see duplicates; ``event_id`` identifies them).
 Only overflow of the bound drops events - the oldest first - and that is counted and logged.
-Reconnects follow one :class:`~.client.ReconnectPolicy`. Topic names live in :mod:`.topics`.
+Reconnects follow one :class:`~.client.ReconnectPolicy`, counted by the shared
+:class:`~emomon.services.retry.RetryPolicy`. Topic names live in :mod:`.topics`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from emomon.services.publish.mqtt.topics import (
     sanitize_segment,
     validate_prefix,
 )
+from emomon.services.retry import RetryPolicy, sleep_unless
 from emomon.services.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,8 @@ class MqttSink:
 
     async def _run(self, first: asyncio.Future[None]) -> None:
         """Own the client: connect, serve the connection, and on loss retry per the policy."""
-        attempt = 0
+        # Counts the failures since the last connection; _on_connect logs the reconnect itself.
+        retry = RetryPolicy(log, self.reconnect, recovery_message=None)
         try:
             while not self._stop.is_set():
                 client = self._client()
@@ -200,13 +203,13 @@ class MqttSink:
                 try:
                     async with client:
                         await self._on_connect(client)
-                        connected, attempt = True, 0
+                        connected = True
+                        retry.succeeded()
                         if not first.done():
                             first.set_result(None)
                         await self._serve(client)
                         return  # _serve returns only when close() asked to stop
                 except aiomqtt.MqttError as e:
-                    attempt += 1
                     self._connection_errors += 1
                     message = describe_failure(
                         e,
@@ -218,17 +221,14 @@ class MqttSink:
                     if not self._connected_once and not self.settings.wait_for_broker:
                         first.set_exception(SinkError(message))
                         return
-                delay = self.reconnect.delay_s(attempt)
+                delay = retry.next_delay_s()
                 log.warning(
                     "MQTT: %s; %d events pending; retrying in %.1f s",
                     message,
                     self._outbox.pending,
                     delay,
                 )
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    continue
+                await sleep_unless(self._stop, delay)
         finally:
             if not first.done():  # stopped (or crashed) before the first connection
                 first.set_exception(

@@ -5,7 +5,8 @@
 * :mod:`.reader` and :mod:`.worker` (``emomon worker``): :class:`RedisStreamWorker`, one consumer
   of a consumer group, acking entries only once their events were delivered, dead-lettering
   what cannot be processed.
-* :mod:`.retry`: the one back-off policy both halves ride Redis outages on.
+* :mod:`emomon.services.retry` (shared with MQTT): the back-off policy both halves ride Redis
+  outages on.
 * :mod:`.client`: the connection, the shared errors, stream replies as :class:`Entry`.
 
 See docs/DISTRIBUTED.md for the failure model and the figures.
@@ -20,8 +21,8 @@ from emomon.services.queue.redis.client import (
     default_consumer_name,
 )
 from emomon.services.queue.redis.producer import RedisProducer
-from emomon.services.queue.redis.retry import RetryPolicy, default_backoff
 from emomon.services.queue.redis.worker import RedisStreamWorker
+from emomon.services.retry import RetryPolicy, default_backoff
 
 __all__ = [
     "TRANSIENT_ERRORS",

@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from emomon.services.queue.redis.retry import default_backoff
+from emomon.services.retry import default_backoff
 
 # Errors that mean "Redis is not reachable right now": retried on the back-off policy, never fatal.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -38,9 +38,10 @@ def connect(url: str, *, command_retries: int = 0, socket_timeout_s: float = 5.0
     """A binary-safe client (PCM stays bytes). ``command_retries`` is redis-py's own per-command
     ``Retry``; the producer uses 0 so that an outage reaches its buffer at once instead of
     stalling inside the client, the worker a few to ride out a failover blip."""
-    retry = (
-        Retry(NoBackoff(), 0) if command_retries == 0 else Retry(default_backoff(), command_retries)
-    )
+    # The shared back-off has the compute()/reset() redis-py calls, without subclassing its ABC
+    # (services/retry.py stays free of redis imports).
+    backoff = default_backoff() if command_retries else NoBackoff()
+    retry = Retry(backoff, command_retries)  # type: ignore[arg-type]
     try:
         return Redis.from_url(
             url,

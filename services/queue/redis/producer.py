@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from emomon.services.metrics import Metrics
 from emomon.services.queue import wire
 from emomon.services.queue.redis.client import TRANSIENT_ERRORS
-from emomon.services.queue.redis.retry import Backoff, RetryPolicy
+from emomon.services.retry import Backoff, RetryPolicy
 from emomon.services.settings import RedisSettings
 from emomon.streamer.utterance import Utterance
 

@@ -33,7 +33,7 @@ from emomon.services.queue.redis.client import (
     entry_time_ms,
 )
 from emomon.services.queue.redis.reader import GroupReader
-from emomon.services.queue.redis.retry import Backoff, RetryPolicy, sleep_unless
+from emomon.services.retry import Backoff, RetryPolicy, sleep_unless
 from emomon.services.settings import RedisSettings, WorkerSettings
 from emomon.streamer.utterance import Utterance
 
