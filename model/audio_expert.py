@@ -118,7 +118,9 @@ class AudioExpert(nn.Module):
     def __init__(self, cfg: AudioExpertConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("mu", torch.zeros(STATS_DIM))
+        self.mu: torch.Tensor
+        self.sd: torch.Tensor
+        self.register_buffer("mu", torch.zeros(STATS_DIM))  # (768,) training statistics
         self.register_buffer("sd", torch.ones(STATS_DIM))
         self.members = nn.ModuleList(
             nn.Sequential(

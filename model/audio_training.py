@@ -154,7 +154,7 @@ def choose(
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score every GRID row on the cross-corpus dev halves; the best row and all results."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for row in GRID:
         cfg_kw = {k: v for k, v in row.items() if k != "augmented"}
         cfg = dataclasses.replace(base, **cfg_kw)
@@ -165,5 +165,5 @@ def choose(
         rows.append({"settings": row, "dev": dev_score(res), "results": res})
         if log:
             log(f"  dev score {rows[-1]['dev']:.2f}")
-    best = max(rows, key=lambda r: r["dev"])
-    return best["settings"], rows
+    best = max(rows, key=lambda r: float(r["dev"]))
+    return dict(best["settings"]), rows

@@ -388,7 +388,8 @@ class EmotionModel:
         for i in range(n):
             mem = memories[i]
             if mem is not None:  # the turn memory also carries the audio statistics
-                extra = stats[i] if stats[i] is not None else np.zeros(STATS_DIM, np.float32)
+                st = stats[i]
+                extra = st if st is not None else np.zeros(STATS_DIM, np.float32)
                 mem = np.concatenate([mem, extra.astype(np.float16)])
             speechless = texts[i] is None and (
                 stats[i] is None

@@ -16,7 +16,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     add_common(show)
     show.set_defaults(func=_show)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    def _usage(_: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_usage)
 
 
 COMMAND = Command("config", "show the effective configuration", configure)
