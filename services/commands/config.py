@@ -16,6 +16,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     add_common(show)
     show.set_defaults(func=_show)
+
     def _usage(_: argparse.Namespace) -> int:
         p.print_help()
         return 2
