@@ -41,9 +41,23 @@ def _log(msg: str) -> None:
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n")[0] if __doc__ else None
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument("--ravdess-dir", required=True, help="RAVDESS speech (Actor_XX folders)")
-    p.add_argument("--tess-dir", required=True, help="TESS clips")
-    p.add_argument("--meld-dir", required=True, help="MELD CSVs (for the text temperature)")
+    p.add_argument(
+        "--ravdess-dir",
+        default=None,
+        help="RAVDESS speech (Actor_XX folders); default: "
+        "$EMOMON_RAVDESS_DIR or $EMOMON_DATA_DIR/ravdess",
+    )
+    p.add_argument(
+        "--tess-dir",
+        default=None,
+        help="TESS clips; default: $EMOMON_TESS_DIR or $EMOMON_DATA_DIR/tess",
+    )
+    p.add_argument(
+        "--meld-dir",
+        default=None,
+        help="MELD CSVs (for the text temperature); default: "
+        "$EMOMON_MELD_DIR or $EMOMON_DATA_DIR/meld",
+    )
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--checkpoint", default=None, help="base checkpoint (default: the shipped one)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: the user cache dir)")
@@ -87,10 +101,16 @@ def _concat(parts: list[Any]) -> Any:
 def _train_audio(args: argparse.Namespace) -> int:
     import torch
 
+    from .data_dirs import data_dir
+
+    args.ravdess_dir = data_dir("ravdess", args.ravdess_dir)
+    args.tess_dir = data_dir("tess", args.tess_dir)
+    args.meld_dir = data_dir("meld", args.meld_dir)
+
     from . import expert_data
     from .audio_expert import AudioExpertConfig, expert_logits, save_expert, train_expert
     from .audio_training import actors, choose, cross_corpus, evaluate_expert, probe_predict, score
-    from .cache import DEFAULT_CACHE_DIR
+    from .cache import default_cache_dir
     from .checkpoint import DEFAULT_CHECKPOINT
     from .datasets import load_meld, load_ravdess, load_tess
     from .evaluation import text_logits
@@ -106,7 +126,7 @@ def _train_audio(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     torch.manual_seed(args.seed)
-    cache = Path(args.cache_dir or DEFAULT_CACHE_DIR)
+    cache = Path(args.cache_dir or default_cache_dir())
     base_ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     model = EmotionModel.load(base_ckpt, device="cpu", fusion="jfm")
     labels = model.labels
