@@ -25,6 +25,7 @@ from emomon.services.commands import (
     worker,
 )
 from emomon.services.commands.common import CliError, Command
+from emomon.services.redact import redact_url
 from emomon.services.settings import SettingsError
 
 __all__ = ["CliError", "build_parser", "entrypoint", "main"]
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, SettingsError) as e:
-        print(f"emomon: error: {e}", file=sys.stderr)
+        print(f"emomon: error: {redact_url(str(e))}", file=sys.stderr)
         return getattr(e, "code", 2)
     except KeyboardInterrupt:
         return 130

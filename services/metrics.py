@@ -140,9 +140,8 @@ class MetricsServer:
     metrics: Metrics
     health: HealthCheck
     port: int = 0
-    host: str = (
-        "0.0.0.0"  # reachable from a Prometheus/compose network, like prometheus_client's default
-    )
+    # Loopback unless configured (metrics.host, --metrics-host): the endpoint has no auth (#18).
+    host: str = "127.0.0.1"
     _server: asyncio.Server | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> int:

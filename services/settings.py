@@ -14,10 +14,19 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from emomon.services.redact import redact_url
 from emomon.streamer.config import SegmenterConfig, SpeakerConfig, TranscriberConfig
 
 ENV_PREFIX = "EMOMON_"
@@ -26,6 +35,11 @@ ENV_PREFIX = "EMOMON_"
 _VAD = SegmenterConfig()
 _SPK = SpeakerConfig()
 _ASR = TranscriberConfig()
+
+
+# A URL that may hold a password: the settings keep it whole for the clients, JSON output (what
+# ``config show`` prints) masks the password.
+SecretUrl = Annotated[str, PlainSerializer(redact_url, when_used="json")]
 
 
 class SettingsError(ValueError):
@@ -246,7 +260,7 @@ class JsonlSinkSettings(_Section):
 
 
 class MqttSettings(_Section):
-    url: str | None = Field(None, description="mqtt[s]://user:pass@host:port")
+    url: SecretUrl | None = Field(None, description="mqtt[s]://user:pass@host:port")
     client_id: str | None = None
     topic_prefix: str = "emomon"
     qos: int = Field(1, ge=0, le=2)
@@ -269,7 +283,7 @@ class MqttSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: SecretUrl = "redis://127.0.0.1:6379/0"
     stream: str = "emomon:utterances"
     group: str = "emomon-workers"
     consumer: str | None = None
@@ -303,6 +317,11 @@ class SourceSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address /metrics and /healthz listen on; loopback unless set (0.0.0.0: all)",
+    )
     port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics and /healthz")
 
 
@@ -324,6 +343,7 @@ class Settings(_Section):
     )
 
     def dump(self) -> dict[str, Any]:
+        """The settings as JSON types, URL passwords masked (for display, not for clients)."""
         return self.model_dump(mode="json")
 
 
@@ -362,7 +382,8 @@ def _format_error(e: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         env = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
         got = err.get("input")
-        lines.append(f"setting '{loc}' (env {env}): {err['msg']} (got {got!r})")
+        shown = repr(got) if not isinstance(got, str) else repr(redact_url(got))
+        lines.append(f"setting '{loc}' (env {env}): {redact_url(err['msg'])} (got {shown})")
     return f"invalid configuration ({origin}): " + "; ".join(lines)
 
 

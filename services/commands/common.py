@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from emomon.services.redact import RedactingFilter, redact_url
 from emomon.services.settings import Settings, SettingsError, load_settings
 
 
@@ -61,7 +62,7 @@ def settings_from_args(
     ov: dict[str, Any] = overrides or {}
     for item in getattr(args, "set_", []) or []:
         if "=" not in item:
-            raise SettingsError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+            raise SettingsError(f"--set expects SECTION.FIELD=VALUE, got {redact_url(item)!r}")
         key, raw = item.split("=", 1)
         try:
             value: Any = json.loads(raw)
@@ -89,10 +90,14 @@ def setup_logging(level: str, as_json: bool = False) -> None:
         "asyncio",
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
-    if as_json:
-        formatter = JsonLogFormatter()
+    formatter = JsonLogFormatter() if as_json else None
+    if formatter is not None:
         formatter.converter = time.gmtime
-        for handler in logging.getLogger().handlers:
+    for handler in logging.getLogger().handlers:
+        # a password in a URL that any library logs is masked before it is written
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+        if formatter is not None:
             handler.setFormatter(formatter)
 
 

@@ -282,6 +282,12 @@ METRICS = FlagGroup(
     "operations",
     (
         Flag(
+            ("--metrics-host",),
+            "metrics.host",
+            "address for /metrics and /healthz (default 127.0.0.1; 0.0.0.0 for all interfaces)",
+            metavar="ADDR",
+        ),
+        Flag(
             ("--metrics-port",),
             "metrics.port",
             "serve /metrics and /healthz on PORT",

@@ -107,7 +107,9 @@ async def serve_stream(
         raise CliError(str(e)) from e
     producer = RedisProducer(client, settings.redis, metrics, with_frames=with_frames)
     server = (
-        MetricsServer(metrics, producer.health, port=settings.metrics.port)
+        MetricsServer(
+            metrics, producer.health, host=settings.metrics.host, port=settings.metrics.port
+        )
         if settings.metrics.port is not None
         else None
     )

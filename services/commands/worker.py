@@ -162,7 +162,9 @@ async def serve_worker(
         context=store,
     )
     server = (
-        MetricsServer(metrics, worker.health, port=settings.metrics.port)
+        MetricsServer(
+            metrics, worker.health, host=settings.metrics.host, port=settings.metrics.port
+        )
         if settings.metrics.port is not None
         else None
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -18,6 +18,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
 from emomon.services.publish.base import SinkError
+from emomon.services.redact import redact_url
 from emomon.services.retry import ExponentialBackoff
 from emomon.services.settings import MqttSettings
 
@@ -35,7 +36,7 @@ class BrokerAddress:
     port: int
     tls: bool
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # reaches the client, never a log
 
     @property
     def display(self) -> str:
@@ -48,18 +49,19 @@ class BrokerAddress:
 def parse_mqtt_url(url: str) -> BrokerAddress:
     """Parse ``mqtt://`` (default port 1883) or ``mqtts://`` (8883); user and password may be
     percent-encoded. Raise SinkError with the offending part named."""
+    shown = redact_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise SinkError(f"invalid MQTT URL {url!r}: {e}") from e
+        raise SinkError(f"invalid MQTT URL {shown!r}: {e}") from e
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise SinkError(f"invalid MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
+        raise SinkError(f"invalid MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise SinkError(f"invalid MQTT URL {url!r}: no host (expected mqtt://host:port)")
+        raise SinkError(f"invalid MQTT URL {shown!r}: no host (expected mqtt://host:port)")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise SinkError(
-            f"invalid MQTT URL {url!r}: a path or query is not supported; use mqtt.topic_prefix"
+            f"invalid MQTT URL {shown!r}: a path or query is not supported; use mqtt.topic_prefix"
         )
     tls = parts.scheme == "mqtts"
     return BrokerAddress(

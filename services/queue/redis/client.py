@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from emomon.services.redact import redact_url
 from emomon.services.retry import default_backoff
 
 # Errors that mean "Redis is not reachable right now": retried on the back-off policy, never fatal.
@@ -52,7 +53,8 @@ def connect(url: str, *, command_retries: int = 0, socket_timeout_s: float = 5.0
             health_check_interval=30,
         )
     except ValueError as e:
-        raise RedisQueueError(f"invalid Redis URL {url!r}: {e}") from e
+        # redis-py's own message may quote the URL too
+        raise RedisQueueError(f"invalid Redis URL {redact_url(url)!r}: {redact_url(str(e))}") from e
 
 
 @dataclass(frozen=True, slots=True)
