@@ -18,7 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emomon.streamer.config import SegmenterConfig, SpeakerConfig, TranscriberConfig
+from emomon.streamer.config import (
+    FILE_MAX_CHANNELS,
+    SegmenterConfig,
+    SpeakerConfig,
+    TranscriberConfig,
+)
 
 ENV_PREFIX = "EMOMON_"
 
@@ -284,6 +289,9 @@ class RedisSettings(_Section):
 class SourceSettings(_Section):
     realtime: bool = Field(False, description="pace file input like a live source")
     session: str | None = Field(None, description="session id; default derived from the source")
+    file_max_channels: int = Field(
+        FILE_MAX_CHANNELS, ge=1, le=64, description="most file channels that become speakers"
+    )
     rtp_idle_timeout_s: float = Field(5.0, gt=0)
     rtp_jitter_ms: int = Field(60, ge=0, le=2000)
     rtp_max_streams: int = Field(64, ge=1)
