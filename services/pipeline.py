@@ -91,7 +91,7 @@ def build_source(spec: str, settings: Settings) -> AudioSource:
     from emomon.streamer.sources.file import FileSource
 
     path = spec[5:] if spec.startswith("file:") else spec
-    return FileSource(path, realtime=s.realtime)
+    return FileSource(path, realtime=s.realtime, max_channels=s.file_max_channels)
 
 
 def default_session_id(spec: str) -> str:

@@ -27,7 +27,12 @@ from pydantic import (
 )
 
 from emomon.services.redact import redact_url
-from emomon.streamer.config import SegmenterConfig, SpeakerConfig, TranscriberConfig
+from emomon.streamer.config import (
+    FILE_MAX_CHANNELS,
+    SegmenterConfig,
+    SpeakerConfig,
+    TranscriberConfig,
+)
 
 ENV_PREFIX = "EMOMON_"
 
@@ -298,6 +303,9 @@ class RedisSettings(_Section):
 class SourceSettings(_Section):
     realtime: bool = Field(False, description="pace file input like a live source")
     session: str | None = Field(None, description="session id; default derived from the source")
+    file_max_channels: int = Field(
+        FILE_MAX_CHANNELS, ge=1, le=64, description="most file channels that become speakers"
+    )
     rtp_idle_timeout_s: float = Field(5.0, gt=0)
     rtp_jitter_ms: int = Field(60, ge=0, le=2000)
     rtp_max_streams: int = Field(64, ge=1)

