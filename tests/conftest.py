@@ -18,6 +18,6 @@ CALL_WAV = DATA / "phone-call-2spk.wav"
 @pytest.fixture(scope="session")
 def call_pcm() -> np.ndarray:
     """The phone call as int16 16 kHz mono."""
-    from emomon.streamer.sources.file import _decode
+    from emomon.streamer.sources.file import _decode, probe_channels
 
-    return np.concatenate(list(_decode(CALL_WAV)), axis=1)[0]
+    return np.concatenate(list(_decode(CALL_WAV, probe_channels(CALL_WAV))), axis=1)[0]
