@@ -19,19 +19,49 @@ The embedded mode uses :class:`InMemoryContextStore`, same interface, same bound
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Annotated, Protocol, cast
 
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from redis.asyncio import Redis
 
 from emomon.services.events import EmotionEvent
+from emomon.streamer.utterance_schema import MAX_ID_CHARS, MAX_TEXT_CHARS, one_line
+
+log = logging.getLogger("emomon.context")
 
 DEFAULT_MAX_ENTRIES = 16
 DEFAULT_KEY_PREFIX = "emomon:ctx:"
+MAX_MEMBER_BYTES = 256 * 1024
+MAX_MEMORY_B64_CHARS = 64 * 1024  # the turn memory is ~1.7 kB of fp16, base64 ~2.3 kB
+
+
+class ContextDecodeError(ValueError):
+    """A context-store member read back from Redis is not a valid :class:`ContextEntry`."""
+
+
+_Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+_Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class _Member(BaseModel):
+    """The stored member's JSON, checked the way stream entries are (issue 18, item 1)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    u: _Id
+    s: _Id
+    l: Annotated[str, StringConstraints(min_length=1, max_length=64)]  # noqa: E741
+    a: _Seconds
+    b: _Seconds
+    t: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+    m: Annotated[str, StringConstraints(max_length=MAX_MEMORY_B64_CHARS)] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +103,25 @@ class ContextEntry:
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
+            allow_nan=False,
         )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> ContextEntry:
-        d: dict[str, Any] = json.loads(raw)
-        m = d.get("m")
-        return cls(
-            d["u"],
-            d["s"],
-            d["l"],
-            float(d["a"]),
-            float(d["b"]),
-            d.get("t"),
-            base64.b64decode(m) if m else None,
-        )
+        """Parse a stored member; :class:`ContextDecodeError` with a one-line reason if invalid."""
+        if len(raw) > MAX_MEMBER_BYTES:
+            raise ContextDecodeError(f"member of {len(raw)} bytes is over {MAX_MEMBER_BYTES}")
+        try:
+            d = _Member.model_validate_json(raw)
+        except ValidationError as e:
+            raise ContextDecodeError(f"invalid context member: {one_line(e)}") from e
+        if d.b < d.a:
+            raise ContextDecodeError(f"invalid context member: end {d.b} is before start {d.a}")
+        try:
+            memory = base64.b64decode(d.m, validate=True) if d.m else None
+        except (binascii.Error, ValueError) as e:
+            raise ContextDecodeError(f"invalid context member: m is not base64 ({e})") from e
+        return cls(d.u, d.s, d.l, d.a, d.b, d.t, memory)
 
 
 class ContextStore(Protocol):
@@ -140,7 +174,14 @@ class RedisContextStore:
     ) -> list[ContextEntry]:
         """Oldest first; the last ``n`` (default all kept) of the session, or of one speaker in it."""
         raw: list[bytes] = cast(list[bytes], await self._r.zrange(self.key(session), 0, -1))
-        entries = [ContextEntry.from_json(m) for m in raw]
+        entries = []
+        for m in raw:
+            try:
+                entries.append(ContextEntry.from_json(m))
+            except ContextDecodeError as e:
+                # One bad member (written by another version, or by hand) must not stop the
+                # session: it is left out of the context, and said once per read.
+                log.warning("skipping a context member of session %r: %s", session[:64], e)
         if speaker is not None:
             entries = [e for e in entries if e.speaker == speaker]
         return entries[-n:] if n else entries
@@ -182,4 +223,10 @@ class InMemoryContextStore:
         return entries[-n:] if n else entries
 
 
-__all__ = ["ContextEntry", "ContextStore", "InMemoryContextStore", "RedisContextStore"]
+__all__ = [
+    "ContextDecodeError",
+    "ContextEntry",
+    "ContextStore",
+    "InMemoryContextStore",
+    "RedisContextStore",
+]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -89,8 +90,26 @@ class EmotionEvent:
             d["language"] = self.language
         return d
 
+    def __post_init__(self) -> None:
+        # JSON has no NaN/Infinity: a non-finite number here is a bug upstream (the wire decoder
+        # refuses such utterances), so it is stopped where the event is built, not published.
+        floats = {
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "confidence": self.confidence,
+            "latency_ms": self.latency_ms,
+        }
+        floats.update({f"probabilities.{k}": v for k, v in self.probabilities.items()})
+        floats.update({f"stage_ms.{k}": v for k, v in self.stage_ms.items()})
+        bad = [k for k, v in floats.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"EmotionEvent with non-finite {', '.join(bad[:5])}")
+
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        """Strict JSON (``allow_nan=False``): what the JSONL and MQTT sinks write."""
+        return json.dumps(
+            self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EmotionEvent:

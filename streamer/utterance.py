@@ -12,8 +12,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-SAMPLE_RATE_HZ = 16_000
+from emomon.streamer.utterance_schema import (
+    MAX_HEADER_BYTES,
+    SAMPLE_RATE_HZ,
+    UtteranceHeader,
+    one_line,
+)
+
 UTTERANCE_WIRE_VERSION = 1
 _MAGIC = b"EMU"  # 3 bytes, then 1 byte version, then 4-byte big-endian header length
 
@@ -81,7 +88,7 @@ class Utterance:
         """Parse :meth:`to_wire` output; raise :class:`UtteranceDecodeError` saying what is wrong."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise UtteranceDecodeError(f"payload is {type(data).__name__}, not bytes")
-        data = bytes(data)
+        data = bytes(data)  # a copy only when a view came in; Redis replies are bytes already
         if len(data) < 8 or data[:3] != _MAGIC:
             raise UtteranceDecodeError("not an emomon utterance (bad magic)")
         version = data[3]
@@ -90,28 +97,30 @@ class Utterance:
                 f"unsupported utterance wire version {version} (this build reads {UTTERANCE_WIRE_VERSION})"
             )
         (hlen,) = struct.unpack(">I", data[4:8])
+        if hlen > MAX_HEADER_BYTES:
+            raise UtteranceDecodeError(f"header of {hlen} bytes is over {MAX_HEADER_BYTES}")
         if 8 + hlen > len(data):
             raise UtteranceDecodeError("truncated header")
         try:
-            header = json.loads(data[8 : 8 + hlen])
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raw = json.loads(data[8 : 8 + hlen])
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise UtteranceDecodeError(f"header is not JSON: {e}") from e
-        if not isinstance(header, dict):
+        if not isinstance(raw, dict):
             raise UtteranceDecodeError("header is not a JSON object")
-        body = data[8 + hlen :]
-        n = header.pop("pcm_samples", None)
-        rate = header.pop("sample_rate_hz", None)
-        if rate != SAMPLE_RATE_HZ:
-            raise UtteranceDecodeError(f"sample rate {rate!r} is not {SAMPLE_RATE_HZ}")
-        if not isinstance(n, int) or n < 0 or len(body) != 2 * n:
-            raise UtteranceDecodeError(
-                f"truncated or oversized PCM: header says {n!r} samples, body has {len(body)} bytes"
-            )
-        pcm = np.frombuffer(body, dtype="<i2").astype(np.int16)
         try:
-            return cls(pcm=pcm, **header)
-        except TypeError as e:
-            raise UtteranceDecodeError(f"header fields do not match Utterance: {e}") from e
+            header = UtteranceHeader.model_validate(raw)
+        except ValidationError as e:
+            raise UtteranceDecodeError(f"invalid header fields: {one_line(e)}") from e
+        # The header's sample count is bounded by the schema, so a consistent body is bounded too.
+        body_len = len(data) - 8 - hlen
+        if body_len != 2 * header.pcm_samples:
+            raise UtteranceDecodeError(
+                f"truncated or oversized PCM: header says {header.pcm_samples} samples, "
+                f"body has {body_len} bytes"
+            )
+        pcm = np.frombuffer(data, dtype="<i2", offset=8 + hlen).astype(np.int16)
+        fields = header.model_dump(exclude={"pcm_samples", "sample_rate_hz"})
+        return cls(pcm=pcm, **fields)
 
 
 def asdict_shallow(u: Utterance) -> dict[str, Any]:

@@ -34,13 +34,19 @@ FIELD_UTTERANCE = "u"
 FIELD_FRAMES = "f"
 FIELD_FRAMES_WINDOW = "fw"  # the encoder window policy of "f" (absent = "full", the old recipe)
 _FRAMES_MAGIC = b"F16"
+# Whisper makes 50 frames a second of at most 1280 values; 60 s of the largest model fits.
+MAX_FRAME_ROWS = 3_000
+MAX_FRAME_COLS = 2_048
+MAX_WINDOW_CHARS = 32
 
 
 class WireDecodeError(UtteranceDecodeError):
     """A stream entry is not a readable utterance envelope; ``reason`` is a short machine tag.
 
-    Reasons: ``missing-version``, ``unsupported-version``, ``missing-payload``, ``bad-payload``.
-    The message says what was wrong for the dead-letter stream and the logs.
+    Reasons: ``missing-version``, ``unsupported-version``, ``missing-payload``, ``bad-payload``
+    (which includes a header that fails :class:`~emomon.streamer.utterance_schema.UtteranceHeader`:
+    wrong types, non-finite or negative times, oversized strings, timings or PCM). The message is
+    one line saying what was wrong, for the dead-letter stream and the logs.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -69,17 +75,29 @@ def encode_frames(frames: np.ndarray) -> bytes:
 
 
 def decode_frames(data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_frames`, as float32; :class:`WireDecodeError` if malformed."""
-    if len(data) < 11 or data[:3] != _FRAMES_MAGIC:
+    """Inverse of :func:`encode_frames`, as float32; :class:`WireDecodeError` if malformed.
+
+    The shape is checked against :data:`MAX_FRAME_ROWS` / :data:`MAX_FRAME_COLS` and the body
+    length before any array is built, and the values must be finite (float16 can carry NaN/inf).
+    """
+    if not isinstance(data, bytes | bytearray) or len(data) < 11 or data[:3] != _FRAMES_MAGIC:
         raise WireDecodeError("bad-payload", "frames field: bad magic")
     rows, cols = struct.unpack(">II", data[3:11])
-    body = data[11:]
-    if len(body) != 2 * rows * cols:
+    if rows > MAX_FRAME_ROWS or not 0 < cols <= MAX_FRAME_COLS:
         raise WireDecodeError(
             "bad-payload",
-            f"frames field: header says {rows}x{cols} float16, body has {len(body)} bytes",
+            f"frames field: shape {rows}x{cols} is outside {MAX_FRAME_ROWS}x1..{MAX_FRAME_COLS}",
         )
-    return np.frombuffer(body, dtype="<f2").reshape(rows, cols).astype(np.float32)
+    body_len = len(data) - 11
+    if body_len != 2 * rows * cols:
+        raise WireDecodeError(
+            "bad-payload",
+            f"frames field: header says {rows}x{cols} float16, body has {body_len} bytes",
+        )
+    frames = np.frombuffer(data, dtype="<f2", offset=11).reshape(rows, cols)
+    if not np.isfinite(frames).all():
+        raise WireDecodeError("bad-payload", "frames field: non-finite values")
+    return frames.astype(np.float32)
 
 
 def _field(fields: Mapping[Any, Any], name: str) -> bytes | str | None:
@@ -96,6 +114,7 @@ def decode(fields: Mapping[Any, Any]) -> Utterance:
             "missing-version", f"entry has no {FIELD_VERSION!r} field (fields: {_names(fields)})"
         )
     v = version.decode(errors="replace") if isinstance(version, bytes) else str(version)
+    v = v[:16]  # echoed in the reason; a hostile entry can make it any size
     if v != WIRE_VERSION:
         raise WireDecodeError(
             "unsupported-version",
@@ -114,21 +133,25 @@ def decode(fields: Mapping[Any, Any]) -> Utterance:
         raise WireDecodeError("bad-payload", str(e)) from e
     frames = _field(fields, FIELD_FRAMES)
     if frames is not None:
-        if isinstance(frames, str):
-            raise WireDecodeError("bad-payload", "frames field was decoded as text")
-        window = _field(fields, FIELD_FRAMES_WINDOW)
-        if isinstance(window, bytes):
-            window = window.decode(errors="replace")
-        utt = utt.with_updates(
-            whisper_frames=decode_frames(frames), whisper_window=str(window or "full")
-        )
+        if not isinstance(frames, bytes):
+            raise WireDecodeError("bad-payload", "frames field is not bytes")
+        utt = utt.with_updates(whisper_frames=decode_frames(frames), whisper_window=_window(fields))
     return utt
 
 
+def _window(fields: Mapping[Any, Any]) -> str:
+    """The ``fw`` field as a short text; absent means ``"full"``."""
+    window = _field(fields, FIELD_FRAMES_WINDOW)
+    if window is None:
+        return "full"
+    if not isinstance(window, bytes | str) or not 0 < len(window) <= MAX_WINDOW_CHARS:
+        raise WireDecodeError("bad-payload", f"{FIELD_FRAMES_WINDOW!r} field is not a short text")
+    return window.decode(errors="replace") if isinstance(window, bytes) else window
+
+
 def _names(fields: Mapping[Any, Any]) -> list[str]:
-    return sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in fields)[
-        :10
-    ]
+    names = (k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in fields)
+    return sorted(n[:40] for n in names)[:10]
 
 
 __all__ = [

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -333,3 +336,55 @@ def test_worker_rides_out_a_redis_restart(classifier: Any) -> None:
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def _with_header(utt: Utterance, **changes: Any) -> dict[str, bytes]:
+    """The entry of ``utt`` with header fields replaced by raw JSON values (no encoder checks)."""
+    raw = utt.to_wire()
+    (hlen,) = struct.unpack(">I", raw[4:8])
+    header = json.loads(raw[8 : 8 + hlen]) | changes
+    hdr = json.dumps(header).encode()
+    return {"v": "1", "u": raw[:4] + struct.pack(">I", len(hdr)) + hdr + raw[8 + hlen :]}
+
+
+def test_type_wrong_header_fields_are_dead_lettered_alone(
+    redis_server: RedisServer, classifier: Any
+) -> None:
+    """Issue 18: ``speaker: 12345`` and ``session: 12345`` crossed the wire and broke the MQTT
+    sink and the context store; now they are dead-lettered and the next utterance goes out."""
+
+    async def main() -> None:
+        client = connect(redis_server.url)
+        settings = RedisSettings(
+            url=redis_server.url, stream="t:types", dead_letter_stream="t:types:dead"
+        )
+        store = RedisContextStore(client, ttl_s=60)
+        sink = ListSink()
+        w = RedisStreamWorker(
+            client,
+            settings,
+            WorkerSettings(device="cpu", max_batch=8, max_wait_ms=50),
+            classifier,
+            [sink],
+            consumer="w",
+            context=store,
+        )
+        await w.ensure_group()
+        good = synthetic_utterance(7, session="types")
+        await client.xadd(settings.stream, _with_header(synthetic_utterance(1), speaker=12345))
+        await client.xadd(settings.stream, _with_header(synthetic_utterance(2), session=12345))
+        await client.xadd(settings.stream, _with_header(synthetic_utterance(3), end_s=math.nan))
+        await _xadd(client, settings.stream, [good])  # same batch as the poison
+        await _run_until([w], lambda: len(sink.events) >= 1 and w.dead_lettered >= 3, 30)
+
+        dead = await client.xrange(settings.dead_letter_stream)
+        assert [f[b"reason"] for _, f in dead] == [b"bad-payload"] * 3
+        details = [f[b"detail"].decode() for _, f in dead]
+        assert "speaker" in details[0] and "session" in details[1] and "end_s" in details[2]
+        assert [e.utterance_id for e in sink.events] == [good.utterance_id]
+        assert "NaN" not in sink.events[0].to_json()
+        assert [c.utterance_id for c in await store.recent("types")] == [good.utterance_id]
+        assert (await client.xpending(settings.stream, settings.group))["pending"] == 0
+        await client.aclose()
+
+    asyncio.run(main())

@@ -380,7 +380,7 @@ class MqttSink:
             )
             await client.publish(
                 self.topics.ha_config(session, speaker),
-                json.dumps(config),
+                json.dumps(config, allow_nan=False),
                 qos=1,
                 retain=True,
                 timeout=self.publish_timeout_s,
