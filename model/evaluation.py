@@ -174,8 +174,6 @@ def gated_report(
     if "text" in modalities:
         tl, ht, y, n_ctx = text_logits(model, samples, cache_dir, batch_size, context)
     else:
-        from .datasets import MELD_LABELS  # noqa: F401  (labels come from the model)
-
         index = {lab: i for i, lab in enumerate(model.labels)}
         tl, ht, y, n_ctx = (
             np.zeros((n, c), np.float32),

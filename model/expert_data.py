@@ -35,7 +35,7 @@ def _seed(path: Path, copy: int) -> int:
 
 
 def level_variant(audio: np.ndarray, gain_db: float) -> np.ndarray:
-    """The evaluation's level variants: 0 = as recorded; ``"peak"`` handled by the caller."""
+    """``audio`` played ``gain_db`` louder (or quieter), clipped to [-1, 1]."""
     return np.clip(audio * np.float32(10 ** (gain_db / 20)), -1, 1).astype(np.float32)
 
 
@@ -50,6 +50,7 @@ def peak_normalize(audio: np.ndarray, peak_dbfs: float = -1.0) -> np.ndarray:
 #: 79 = peak-normalised then attenuated by 20 dB
 PEAK = 99.0
 PEAK_MINUS_20 = 79.0
+SAMPLE_MIN = 1600  # 0.1 s: shorter clips have no statistics
 
 
 def _compute(job: tuple[str, str, int, float, str]) -> tuple[str, np.ndarray | None]:
@@ -71,9 +72,6 @@ def _compute(job: tuple[str, str, int, float, str]) -> tuple[str, np.ndarray | N
     row = stats_row(_MODEL, audio, recipe)
     NpyCache(cache_dir, "expert-stats").put(_key(Path(path), recipe, copy, gain_db), row)
     return path, row
-
-
-SAMPLE_MIN = 1600  # 0.1 s
 
 
 def build(
