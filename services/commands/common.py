@@ -124,8 +124,16 @@ def pipeline_errors() -> tuple[type[Exception], ...]:
     """
     from emomon.services.publish.base import SinkError
     from emomon.services.worker import WorkerError
+    from emomon.streamer.end_of_turn import EndOfTurnModelError
     from emomon.streamer.shared_models import SpeakerModelError
     from emomon.streamer.sources.base import SourceError
     from emomon.streamer.transcriber import TranscriberError
 
-    return (SourceError, SinkError, WorkerError, TranscriberError, SpeakerModelError)
+    return (
+        SourceError,
+        SinkError,
+        WorkerError,
+        TranscriberError,
+        SpeakerModelError,
+        EndOfTurnModelError,
+    )
