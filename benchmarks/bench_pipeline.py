@@ -5,12 +5,15 @@ parallel in one process (one session each), and prints end-of-speech -> event la
 split by stage (VAD hang-over, speaker attribution, ASR, queue, fusion, sink), speaker-turn
 agreement and WER against the call's reference (as the end-to-end test scores them), the turn
 detector's cuts by resolution (frames / short / long windows), long-window cuts the frames
-vetoed and updates whose short windows were shed under load (all sessions), then the
-peak RSS of a separate `emomon run` process. Latency runs from the moment the end of speech
+vetoed and updates whose short windows were shed under load (all sessions), the pauses the
+end-of-turn model was asked about and the utterances it closed early, then the peak RSS of a separate `emomon run` process. Latency runs from the moment the end of speech
 was *played* (the real-time clock of the replay), so time spent in a backlog counts. Usage:
 
     .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
-        [--set S.F=V ...]
+        [--end-of-turn settings|on|off|both] [--set S.F=V ...]
+
+``--end-of-turn both`` runs each N without the end-of-turn model (``vad.end_of_turn_pause_ms=0``)
+and with it (the settings' pause, or 150 ms where they turn it off), one after the other.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CALL = ROOT / "tests" / "data" / "phone-call-2spk.wav"
 STAGES = ("vad_hangover", "speaker", "asr", "queue", "fusion")
+EOT_ON_PAUSE_MS = 150  # the best trade-off on the synthetic set (benchmarks/bench_end_of_turn.py)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -87,6 +91,29 @@ def watch_detectors() -> None:
     speakers.TurnDetector.__init__ = recording_init  # type: ignore[method-assign]
 
 
+EOT: list = []  # every EndOfTurn hook the sessions create
+
+
+def watch_end_of_turn() -> None:
+    from emomon.streamer import end_of_turn
+
+    init = end_of_turn.EndOfTurn.__init__
+
+    def recording_init(self, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        init(self, *a, **kw)
+        EOT.append(self)
+
+    end_of_turn.EndOfTurn.__init__ = recording_init  # type: ignore[method-assign]
+
+
+def eot_counts() -> str:
+    """Pauses the end-of-turn model was asked about / utterances it closed early, model p95 ms."""
+    asked, closed = sum(h.asked for h in EOT), sum(h.closed for h in EOT)
+    ms = [1000 * x for h in EOT for x in h.model_s]
+    EOT.clear()
+    return f"{asked}/{closed} {pct(ms, 95):.0f}ms" if ms else "off"
+
+
 def turn_counts() -> str:
     """Cuts by resolution (frames / short / long), long-window cuts vetoed, updates whose
     short windows were shed under load: summed over the sessions of one run."""
@@ -139,8 +166,18 @@ def main() -> int:
         metavar="SECTION.FIELD=VALUE",
         help="settings override, as for `emomon --set` (repeatable)",
     )
+    ap.add_argument(
+        "--end-of-turn",
+        choices=["settings", "on", "off", "both"],
+        default="settings",
+        help="the end-of-turn model: as the settings say (default); on: their pause, or "
+        f"{EOT_ON_PAUSE_MS} ms where they say 0 (off); off; both: each N off, then on",
+    )
     args = ap.parse_args()
     extra = overrides(args.sets)
+    eot_runs = {"settings": [None], "on": [True], "off": [False], "both": [False, True]}[
+        args.end_of_turn
+    ]
 
     from emomon.services.pipeline import transcriber_config
     from emomon.services.settings import load_settings
@@ -154,6 +191,10 @@ def main() -> int:
     shared_embedder()
     if base.speakers.segmentation:
         shared_segmentation()
+    if any(eot_runs) or base.vad.end_of_turn_pause_ms:
+        from emomon.streamer.end_of_turn import shared_end_of_turn
+
+        shared_end_of_turn()  # loaded before the clock runs, as the sessions share it
     print(
         f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}"
     )
@@ -164,11 +205,19 @@ def main() -> int:
     header = "N  events  p50 ms  p95 ms  agree   WER  | p95 by stage (ms): " + " ".join(
         f"{s:>12}" for s in (*STAGES, "sink")
     )
-    header += " | cuts f/s/l/veto/shed"
+    header += " | cuts f/s/l/veto/shed | end of turn asked/closed p95"
     watch_detectors()
+    watch_end_of_turn()
     print(header)
-    for n in args.parallel:
-        events, sink_ms = asyncio.run(run_parallel(n, transcriber, worker, args.speakers, extra))
+    runs = [(n, eot) for n in args.parallel for eot in eot_runs]
+    for n, eot in runs:
+        run_extra = extra
+        if eot is not None:
+            pause = (base.vad.end_of_turn_pause_ms or EOT_ON_PAUSE_MS) if eot else 0
+            run_extra = {**extra, "vad": {**extra.get("vad", {}), "end_of_turn_pause_ms": pause}}
+        events, sink_ms = asyncio.run(
+            run_parallel(n, transcriber, worker, args.speakers, run_extra)
+        )
         lat = [e.latency_ms for e in events]
         by = {s: [e.stage_ms.get(s, 0.0) for e in events] for s in STAGES}
         stage_cols = (
@@ -177,7 +226,7 @@ def main() -> int:
         agree, err = quality(events)
         print(
             f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
-            f"  | {' ' * 19}{stage_cols} | {turn_counts()}"
+            f"  | {' ' * 19}{stage_cols} | {turn_counts()} | {eot_counts()}"
         )
         if args.per_utterance:
             first = min(e.session for e in events)

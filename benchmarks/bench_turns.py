@@ -9,7 +9,7 @@ through a telephone line (8 kHz band limit and G.711 μ-law), with exact referen
 real call is printed last, for information. Per setting: mean speaker agreement (as the
 end-to-end test scores it), segments, and how long after a turn change (or end of speech) each
 segment was closed (stream time, p50 / p95), the wall time of detection (one thread,
-as fast as the audio decodes), and the cuts each resolution made
+as fast as the audio decodes), the CAM++ windows embedded, and the cuts each resolution made
 (frames / short windows / long windows) with the long-window cuts the frames vetoed. No ASR,
 no fusion. Usage:
 
@@ -124,11 +124,13 @@ async def detect(
     stage = SpeakerStage(cfg.speakers, src, cfg.torch_threads)
     out = []
     t0 = time.perf_counter()
+    windows0 = stage.embedder.windows
     async for seg, who, _prov, _dt in speech(
         src.chunks(), Segmenter(cfg.vad), stage, StreamStats()
     ):
         out.append((seg.start_s, seg.end_s, who, seg.hangover_s))
     if counts is not None:
+        counts["cam"] = counts.get("cam", 0) + stage.embedder.windows - windows0
         for det in stage._detectors.values():
             for kind, n in {**det.cuts, "vetoed": det.vetoed}.items():
                 counts[kind] = counts.get(kind, 0) + n
@@ -185,7 +187,8 @@ def main() -> int:
         )
         print(
             f"{'speakers.* overrides':<58} {'agree':>6} {'worst':>6} {'segs':>5} "
-            f"{'closed p50/p95':>15} {'wall s':>6} {'cuts f/s/l/veto':>15} | call: agree segs  p50/p95"
+            f"{'closed p50/p95':>15} {'wall s':>6} {'CAM++':>6} {'cuts f/s/l/veto':>15} | "
+            "call: agree segs  p50/p95"
         )
         call = [(CALL, read_rttm(CALL.with_suffix(".rttm")))]
         for item in args.settings:
@@ -197,7 +200,7 @@ def main() -> int:
             print(
                 f"{json.dumps(over):<58} {a:6.3f} {worst:6.3f} {n:5d} "
                 f"{np.percentile(late, 50):6.2f}/{np.percentile(late, 95):5.2f} s {wall:6.1f} "
-                f"{cuts:>15} | "
+                f"{counts.get('cam', 0):6d} {cuts:>15} | "
                 f"{ca:5.3f} {cn:4d} {np.percentile(clate, 50):5.2f}/{np.percentile(clate, 95):4.2f} s",
                 flush=True,
             )

@@ -187,6 +187,18 @@ class SpeakerSettings(_Section):
     provisional_s: float = Field(
         _SPK.provisional_s, ge=0.0, le=120.0, description="speech heard before a label is final"
     )
+    turns_from: Literal["frames", "all"] = Field(
+        _SPK.turns_from,
+        description="frames: with segmentation on, only the frames find turns and the speaker "
+        "embeddings (CAM++) only name who speaks, every name_hop_s (less CPU per session); all: "
+        "the embedding windows also look for turns (benchmarks/bench_turns.py)",
+    )
+    name_hop_s: float = Field(
+        _SPK.name_hop_s,
+        ge=0.1,
+        le=10.0,
+        description="with turns_from=frames: how often a window names the speaker",
+    )
 
     @model_validator(mode="after")
     def _turn_bounds(self) -> SpeakerSettings:

@@ -31,8 +31,10 @@ class SegmenterConfig:
     onset_frames: int = 3
     # End-of-turn model (:mod:`emomon.streamer.end_of_turn`): asked at the first pause of this
     # length; a complete turn (probability >= threshold) closes without the rest of the
-    # hang-over. 0 turns the model off.
-    end_of_turn_pause_ms: int = 120
+    # hang-over. 0 turns the model off: off by default, because on the synthetic dev set
+    # (benchmarks/bench_end_of_turn.py) every setting split more sentences at a mid-sentence
+    # pause than it saved time at turn ends; 150 / 0.5 is the best trade-off measured there.
+    end_of_turn_pause_ms: int = 0
     end_of_turn_threshold: float = 0.5
 
     def __post_init__(self) -> None:
@@ -68,6 +70,11 @@ class SpeakerConfig:
     change_margin: float = 0.05
     change_max_lag_ms: int = 300
     provisional_s: float = 4.0
+    # "frames": with the segmentation network on, only its frames find turns and CAM++ only
+    # names who speaks (a window at window_s into each segment, then every name_hop_s);
+    # "all": the CAM++ windows also look for turns (long every hop_s, short every change_hop_s)
+    turns_from: Literal["frames", "all"] = "all"
+    name_hop_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,9 +73,12 @@ class SpeakerStage:
         self.config = config
         self.cluster = clusters_speakers(config.mode, source)
         # Check as often as the finest detector needs.
-        hops = [config.hop_s]
-        hops += [config.change_hop_s] if config.change_window_s else []
-        hops += [config.turn_hop_s] if config.segmentation else []
+        if config.segmentation and config.turns_from == "frames":  # windows only name speakers
+            hops = [config.name_hop_s, config.turn_hop_s]
+        else:
+            hops = [config.hop_s]
+            hops += [config.change_hop_s] if config.change_window_s else []
+            hops += [config.turn_hop_s] if config.segmentation else []
         self.hop_s = min(hops)
         self._detectors: dict[str, TurnDetector] = {}
         self._checked: dict[str, tuple[float, int]] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from emomon.streamer.config import SpeakerConfig
@@ -46,6 +48,11 @@ class TurnDetector:
     ``fine=False`` (the caller is behind real time) the short windows, the costliest check, are
     skipped: under load the detector keeps the frames and the long windows instead of falling
     further behind. ``finish(start_s, pcm)`` labels a closed segment from its windows (majority vote).
+
+    With ``turns_from = "frames"`` (and the segmentation network on) the frames alone find turns:
+    the long windows, embedded only every ``name_hop_s``, name who speaks and propose no cut,
+    and there are no short windows, so CAM++ runs a few times per segment instead of a dozen
+    times a second.
     """
 
     def __init__(
@@ -58,6 +65,14 @@ class TurnDetector:
         self.embedder = embedder
         self.clustering = clustering
         self.frames = FrameTurns(segmentation, config) if segmentation is not None else None
+        self.names_only = self.frames is not None and config.turns_from == "frames"
+        if self.names_only:  # windows name speakers only: fewer of them, no short ones; the
+            # frames keep the turns they see late too (no window would take them instead)
+            config = replace(config, hop_s=config.name_hop_s, change_window_s=0.0)
+            assert segmentation is not None
+            self.frames = FrameTurns(
+                segmentation, replace(config, turn_max_new_s=config.turn_window_s)
+            )
         self.long = LongWindowTurns(embedder, clustering, config)
         self.short = ShortWindowTurns(embedder, config)
         self._seg_start: float | None = None
@@ -124,6 +139,8 @@ class TurnDetector:
             cut = self.frames.propose(self._seg_start, pcm)
             if cut is not None:
                 return self._cut(start_s, cut, self._before(cut, current), None, "frames")
+        if self.names_only:
+            return None
         proposal = self.long.propose(current)
         if proposal is not None:
             cut, new = proposal

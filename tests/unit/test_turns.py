@@ -146,3 +146,23 @@ def test_frames_take_turns_first_read_late_under_load(embedder, segmentation, tu
     cuts = _run(det, pcm, step_s=1.0, fine=False)
     _check(cuts, bounds, 0.5)
     assert det.cuts["frames"] >= len(bounds) - 1, det.cuts
+
+
+def test_with_frames_finding_turns_the_embeddings_only_name_speakers(embedder, segmentation, turns):
+    """turns_from=frames (issue #16): the frames find the same turns, CAM++ embeds a window
+    every name_hop_s to name who speaks, and no window proposes a cut."""
+    pcm, bounds = turns
+    config = SpeakerConfig(num_speakers=2, turns_from="frames", name_hop_s=1.0)
+    det = TurnDetector(embedder, OnlineSpeakerClustering(config), config, segmentation)
+    before = embedder.windows
+    cuts = _run(det, pcm)
+    _check(cuts, bounds[1:], 0.5)
+    assert det.cuts["long"] == det.cuts["short"] == 0 and det.cuts["frames"] >= len(bounds) - 1
+    # all windows: ~4 long + ~10 short per second of speech; naming: about one per second
+    assert embedder.windows - before <= pcm.shape[0] / SR * 1.2
+    # the cut-off parts are named, and not all alike
+    labels = {det.finish(0.0, pcm[: int(bounds[0] * SR)])}
+    for b0, b1 in zip(bounds, bounds[1:], strict=False):
+        det.update(b0, pcm[int(b0 * SR) : int(b1 * SR)])
+        labels.add(det.finish(b0, pcm[int(b0 * SR) : int(b1 * SR)]))
+    assert len(labels) == 2, labels
