@@ -187,11 +187,12 @@ class SpeakerSettings(_Section):
     provisional_s: float = Field(
         _SPK.provisional_s, ge=0.0, le=120.0, description="speech heard before a label is final"
     )
-    turns_from: Literal["frames", "all"] = Field(
+    turns_from: Literal["auto", "frames", "all"] = Field(
         _SPK.turns_from,
         description="frames: with segmentation on, only the frames find turns and the speaker "
         "embeddings (CAM++) only name who speaks, every name_hop_s (less CPU per session); all: "
-        "the embedding windows also look for turns (benchmarks/bench_turns.py)",
+        "the embedding windows also look for turns (benchmarks/bench_turns.py); auto: all while "
+        "turn detection keeps up, frames while it lags by more than change_max_lag_ms",
     )
     name_hop_s: float = Field(
         _SPK.name_hop_s,

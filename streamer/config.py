@@ -72,8 +72,10 @@ class SpeakerConfig:
     provisional_s: float = 4.0
     # "frames": with the segmentation network on, only its frames find turns and CAM++ only
     # names who speaks (a window at window_s into each segment, then every name_hop_s);
-    # "all": the CAM++ windows also look for turns (long every hop_s, short every change_hop_s)
-    turns_from: Literal["frames", "all"] = "all"
+    # "all": the CAM++ windows also look for turns (long every hop_s, short every change_hop_s);
+    # "auto": "all" while turn detection keeps up with the audio, "frames" while it lags by
+    # more than change_max_lag_ms
+    turns_from: Literal["auto", "frames", "all"] = "all"
     name_hop_s: float = 1.0
 
 

@@ -79,8 +79,9 @@ class FrameTurns:
         self._last_read = (key, found)
         return found
 
-    def propose(self, seg_start: float | None, pcm: np.ndarray) -> int | None:
-        """Sample at which the newest voice took over, when it is time to read the frames."""
+    def propose(self, seg_start: float | None, pcm: np.ndarray, late: bool = False) -> int | None:
+        """Sample at which the newest voice took over, when it is time to read the frames;
+        ``late``: take a turn seen only after ``turn_max_new_s`` too (no window will)."""
         n = pcm.shape[0]
         if n < self._next_read_at or n < (self.min_new_s + self.min_before_s) * SAMPLE_RATE_HZ:
             return None
@@ -90,7 +91,11 @@ class FrameTurns:
         if found is None:
             return None
         cut, new_s = found
-        if new_s > self.max_new_s and cut + self.min_new_s * SAMPLE_RATE_HZ <= read_before:
+        if (
+            not late
+            and new_s > self.max_new_s
+            and cut + self.min_new_s * SAMPLE_RATE_HZ <= read_before
+        ):
             # The previous read already held enough of the new voice and showed no turn: the
             # network needed more of it to tell the voices apart, a sign of an unsure turn that
             # would also close the utterance late; the windows, which name the voices, decide
@@ -136,13 +141,18 @@ class LongWindowTurns:
         self.windows = [(s - cut, lab) for s, lab in self.windows if s + lead >= cut]
         self._next_end -= cut
 
-    def embed_new(self, pcm: np.ndarray) -> None:
+    def embed_new(self, pcm: np.ndarray, min_gap: int = 0) -> None:
+        """Embed and label the windows that fit since the last call; with ``min_gap`` (samples)
+        only the newest one, and only when it ends that long after the last embedded window."""
         win, starts = self.window_samples, []
         while self._next_end < win:  # after a cut the next window may begin before the segment
             self._next_end += self.hop_samples
         while self._next_end <= pcm.shape[0]:
             starts.append(self._next_end - win)
             self._next_end += self.hop_samples
+        if starts and min_gap:
+            last = self.windows[-1][0] if self.windows else None
+            starts = [] if last is not None and starts[-1] - last < min_gap else starts[-1:]
         if not starts:
             return
         audio = _float_audio(pcm)

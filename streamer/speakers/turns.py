@@ -52,7 +52,8 @@ class TurnDetector:
     With ``turns_from = "frames"`` (and the segmentation network on) the frames alone find turns:
     the long windows, embedded only every ``name_hop_s``, name who speaks and propose no cut,
     and there are no short windows, so CAM++ runs a few times per segment instead of a dozen
-    times a second.
+    times a second. ``"auto"`` does that only under load (``fine=False``) and uses every
+    resolution while the detector keeps up.
     """
 
     def __init__(
@@ -66,13 +67,10 @@ class TurnDetector:
         self.clustering = clustering
         self.frames = FrameTurns(segmentation, config) if segmentation is not None else None
         self.names_only = self.frames is not None and config.turns_from == "frames"
-        if self.names_only:  # windows name speakers only: fewer of them, no short ones; the
-            # frames keep the turns they see late too (no window would take them instead)
+        self.auto = self.frames is not None and config.turns_from == "auto"
+        self.name_gap = int(config.name_hop_s * SAMPLE_RATE_HZ)
+        if self.names_only:  # windows name speakers only: fewer of them, no short ones
             config = replace(config, hop_s=config.name_hop_s, change_window_s=0.0)
-            assert segmentation is not None
-            self.frames = FrameTurns(
-                segmentation, replace(config, turn_max_new_s=config.turn_window_s)
-            )
         self.long = LongWindowTurns(embedder, clustering, config)
         self.short = ShortWindowTurns(embedder, config)
         self._seg_start: float | None = None
@@ -133,13 +131,16 @@ class TurnDetector:
     def update(self, start_s: float, pcm: np.ndarray, fine: bool = True) -> float | None:
         if not self._same_segment(start_s):
             self._reset(start_s)
-        self.long.embed_new(pcm)
+        naming = self.auto and not fine  # under load: the windows only name who speaks
+        self.long.embed_new(pcm, self.name_gap if naming else 0)
         current = self._who()
         if self.frames is not None:
-            cut = self.frames.propose(self._seg_start, pcm)
+            # when the windows only name speakers, the frames also take turns they see late
+            cut = self.frames.propose(self._seg_start, pcm, late=self.names_only or naming)
             if cut is not None:
                 return self._cut(start_s, cut, self._before(cut, current), None, "frames")
-        if self.names_only:
+        if self.names_only or naming:
+            self.short_skipped += naming and self.short.enabled
             return None
         proposal = self.long.propose(current)
         if proposal is not None:

@@ -166,3 +166,20 @@ def test_with_frames_finding_turns_the_embeddings_only_name_speakers(embedder, s
         det.update(b0, pcm[int(b0 * SR) : int(b1 * SR)])
         labels.add(det.finish(b0, pcm[int(b0 * SR) : int(b1 * SR)]))
     assert len(labels) == 2, labels
+
+
+def test_auto_names_only_under_load(embedder, segmentation, turns):
+    """turns_from=auto: while the caller lags real time, CAM++ only names who speaks (one window
+    per name_hop_s) and the frames find the turns; keeping up, every resolution works."""
+    pcm, bounds = turns
+    config = SpeakerConfig(num_speakers=2, turns_from="auto", name_hop_s=1.0)
+    det = TurnDetector(embedder, OnlineSpeakerClustering(config), config, segmentation)
+    before = embedder.windows
+    cuts = _run(det, pcm, step_s=0.3, fine=False)
+    _check(cuts, bounds[1:], 0.5)
+    assert det.cuts["long"] == det.cuts["short"] == 0 and det.short_skipped > 0
+    assert embedder.windows - before <= pcm.shape[0] / SR * 1.2
+    keeping_up = TurnDetector(embedder, OnlineSpeakerClustering(config), config, segmentation)
+    before = embedder.windows
+    _run(keeping_up, pcm)
+    assert embedder.windows - before > pcm.shape[0] / SR * 3  # long and short windows
