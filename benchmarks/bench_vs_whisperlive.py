@@ -126,6 +126,13 @@ def report(name: str, ref: list, d: list[float], err: float, cpu_s: float, extra
     )
 
 
+def show(segs: list, texts: list[str], t0: float) -> None:
+    for (s, e, t), text in zip(segs, texts, strict=True):
+        print(
+            f"    {s:6.2f}-{e:6.2f} s  final {t - t0 - e:+5.2f} s after its end  {text.strip()!r}"
+        )
+
+
 # --- emomon ---------------------------------------------------------------------------------
 
 
@@ -308,8 +315,9 @@ def main() -> int:
         help="WhisperLive's virtual environment (created when missing)",
     )
     ap.add_argument("--only", choices=["emomon", "whisperlive"])
-    ap.add_argument("--tail-s", type=float, default=8.0, help="silence replayed after the call")
+    ap.add_argument("--tail-s", type=float, default=15.0, help="silence replayed after the call")
     ap.add_argument("--same-output-threshold", type=int, default=10, help="WhisperLive's")
+    ap.add_argument("--show-text", action="store_true", help="print every final transcript")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="emomon setting S.F=V")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -339,6 +347,8 @@ def main() -> int:
             sets = overrides(args.sets)
             segs, cpu, texts, t0 = asyncio.run(run_emomon(path, args.threads, sets))
             report("emomon", ref, delays(ref, segs, t0), wer_of(ref, texts), cpu, str(sets or ""))
+            if args.show_text:
+                show(segs, texts, t0)
     if args.only != "emomon":
         try:
             print(f"(WhisperLive {WL_VERSION} environment: {args.venv})", flush=True)
@@ -351,6 +361,8 @@ def main() -> int:
             return 0
         d = delays(ref, segs, t0)
         first = delays(ref, partial, t0)
+        if args.show_text:
+            show(segs, texts, t0)
         report(
             "WhisperLive",
             ref,
