@@ -48,8 +48,9 @@ DEFAULT_SETTINGS = [
     '{"end_of_turn_pause_ms": 90, "end_of_turn_threshold": 0.5}',
     '{"end_of_turn_pause_ms": 120, "end_of_turn_threshold": 0.5}',
     '{"end_of_turn_pause_ms": 150, "end_of_turn_threshold": 0.5}',
-    '{"end_of_turn_pause_ms": 120, "end_of_turn_threshold": 0.7}',
-    '{"end_of_turn_pause_ms": 120, "end_of_turn_threshold": 0.9}',
+    '{"end_of_turn_pause_ms": 120, "end_of_turn_threshold": 0.8}',
+    '{"end_of_turn_pause_ms": 150, "end_of_turn_threshold": 0.9}',
+    '{"end_of_turn_pause_ms": 210, "end_of_turn_threshold": 0.9}',
 ]
 
 
