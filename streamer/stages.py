@@ -42,7 +42,8 @@ class StreamStats:
     segments: int = 0
     utterances: int = 0
     empty_transcripts: int = 0
-    end_of_turn: EndOfTurn | None = None  # its counters (asked, closed early, errors)
+    turn_questions: int = 0  # pauses the end-of-turn model was asked about
+    early_closes: int = 0  # utterances it closed before the hang-over ran out
 
 
 @functools.cache
@@ -178,7 +179,11 @@ async def speech(
         for seg in segmenter.feed(chunk):
             yield await labelled(seg)
         if end_of_turn is not None:
-            for seg in await end_of_turn.close_early(segmenter):
+            asked = end_of_turn.asked
+            early = await end_of_turn.close_early(segmenter)
+            stats.turn_questions += end_of_turn.asked - asked
+            stats.early_closes += len(early)
+            for seg in early:
                 yield await labelled(seg)
         if not chunk.final:
             cut = await speakers.maybe_cut(segmenter, chunk.channel, chunk.wall_end)
@@ -204,7 +209,6 @@ async def utterances(
     """
     segmenter = Segmenter(config.vad)
     end_of_turn = EndOfTurn(config.vad)
-    stats.end_of_turn = end_of_turn
     speakers = SpeakerStage(config.speakers, source, config.torch_threads)
     # A per-run part keeps utterance (and so event) ids unique when a live session restarts.
     run_id = uuid.uuid4().hex[:8]

@@ -135,3 +135,24 @@ def test_a_finished_sentence_closes_at_the_first_pause() -> None:
 @needs_espeak
 def test_an_unfinished_sentence_waits_for_the_hang_over() -> None:
     assert _closed_after(INCOMPLETE[0], 120) >= 0.29
+
+
+@needs_espeak
+def test_the_speech_stage_counts_questions_and_early_closes() -> None:
+    from emomon.streamer.config import SpeakerConfig
+    from emomon.streamer.stages import SpeakerStage, StreamStats, speech
+
+    cfg = SegmenterConfig(aggressiveness=2, end_of_turn_pause_ms=120)
+    pause = np.zeros(SR, np.float32)
+    audio = np.concatenate([pause, say(COMPLETE[0]), pause, say(INCOMPLETE[0]), pause])
+    stats = StreamStats()
+    stage = SpeakerStage(SpeakerConfig(mode="channel"), source=None)  # type: ignore[arg-type]
+
+    async def run() -> list:
+        hook = EndOfTurn(cfg, model=model())
+        return [s async for s, *_ in speech(_chunks(audio), Segmenter(cfg), stage, stats, hook)]
+
+    segs = asyncio.run(run())
+    assert len(segs) == 2 and stats.segments == 2
+    assert stats.turn_questions == 2 and stats.early_closes == 1
+    assert segs[0].hangover_s <= 0.15 and segs[1].hangover_s >= 0.29
