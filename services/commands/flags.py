@@ -294,5 +294,12 @@ METRICS = FlagGroup(
             metavar="PORT",
             type=int,
         ),
+        Flag(
+            ("--metrics-token",),
+            "metrics.token",
+            "require 'Authorization: Bearer TOKEN' on /metrics and /healthz (visible in ps: "
+            "prefer EMOMON_METRICS__TOKEN)",
+            metavar="TOKEN",
+        ),
     ),
 )

@@ -14,6 +14,7 @@ https://www.home-assistant.io/integrations/sensor.mqtt/ .
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -45,6 +46,22 @@ def _version() -> str:
         return "0+unknown"
 
 
+def availability(topics: Sequence[str]) -> dict[str, Any]:
+    """HA's availability for an entity any of several emomon instances may update.
+
+    Each instance's retained ``online``/``offline`` topic is listed; ``availability_mode: any``
+    makes HA show the entity available while at least one of them is online, so one crashed
+    worker does not mark the others' sensors unavailable (issue #18, item 2).
+    """
+    return {
+        "availability": [
+            {"topic": t, "payload_available": "online", "payload_not_available": "offline"}
+            for t in topics
+        ],
+        "availability_mode": "any",
+    }
+
+
 def sensor_config(
     *,
     session: str,
@@ -52,6 +69,7 @@ def sensor_config(
     state_topic: str,
     status_topic: str,
     qos: int,
+    availability_topics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The discovery payload of one speaker's emotion sensor.
 
@@ -66,6 +84,8 @@ def sensor_config(
         state_topic: ``{prefix}/{session}/{speaker}/state`` (already sanitised).
         status_topic: ``{prefix}/status`` carrying ``online`` / ``offline``.
         qos: the QoS HA should subscribe with.
+        availability_topics: the per-instance ``{prefix}/status/{instance}`` topics (issue #18);
+            given, they replace ``status_topic`` with ``availability_mode: any``.
     """
     oid = object_id(session, speaker)
     return {
@@ -78,13 +98,7 @@ def sensor_config(
         "options": emotion_labels(),
         "icon": "mdi:emoticon-outline",
         "qos": qos,
-        "availability": [
-            {
-                "topic": status_topic,
-                "payload_available": "online",
-                "payload_not_available": "offline",
-            }
-        ],
+        **availability(availability_topics or [status_topic]),
         "device": {
             "identifiers": [device_id(session)],
             "name": f"emomon {session}",

@@ -8,17 +8,25 @@ sent again after the reconnect (consumers may see duplicates; ``event_id`` ident
 Only overflow of the bound drops events - the oldest first - and that is counted and logged.
 Reconnects follow one :class:`~.client.ReconnectPolicy`, counted by the shared
 :class:`~emomon.services.retry.RetryPolicy`. Topic names live in :mod:`.topics`.
+
+Failures stay visible and recoverable (issue #18): a bug that kills the connection task
+restarts it on the same back-off (an event that crashes it twice in a row is dropped and
+counted; ``MAX_CRASHES`` crashes in a row stop the sink), and :meth:`MqttSink.health` says so,
+as it says when the broker refuses the credentials. Availability is per instance and the
+retained states are put back after a broker loses them (:mod:`.upkeep`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import operator
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import aiomqtt
 
@@ -29,10 +37,12 @@ from emomon.services.publish.mqtt.client import (
     ReconnectPolicy,
     SinkClient,
     describe_failure,
+    is_auth_rc,
     parse_mqtt_url,
     tls_context,
 )
 from emomon.services.publish.mqtt.outbox import Outbox, PendingEvent
+from emomon.services.publish.mqtt.presence import default_instance_id
 from emomon.services.publish.mqtt.topics import (
     STATUS_OFFLINE,
     STATUS_ONLINE,
@@ -41,10 +51,14 @@ from emomon.services.publish.mqtt.topics import (
     sanitize_segment,
     validate_prefix,
 )
+from emomon.services.publish.mqtt.upkeep import Upkeep
 from emomon.services.retry import RetryPolicy, sleep_unless
 from emomon.services.settings import MqttSettings
 
 log = logging.getLogger(__name__)
+
+# Crashes of the connection task in a row (no batch delivered in between) before the sink stops.
+MAX_CRASHES = 10
 
 
 class MqttSink:
@@ -96,6 +110,16 @@ class MqttSink:
         self._connects = 0
         self._connection_errors = 0
         self._last_drop_log = float("-inf")
+        self.instance = sanitize_segment(settings.client_id or default_instance_id())
+        self.upkeep = Upkeep(self.topics, self.instance)
+        self.connected = False
+        self._down_since: float | None = time.monotonic()
+        self.auth_refused: str | None = None  # the broker refused our credentials (unhealthy)
+        self.crashes = 0  # connection-task crashes (bugs), restarted
+        self.poisoned = 0  # events dropped because they crashed the task twice in a row
+        self._crash_streak = 0
+        self._crash_reason: str | None = None
+        self._crash_head: str | None = None
 
     # -- Sink protocol ------------------------------------------------------------------------
 
@@ -188,7 +212,39 @@ class MqttSink:
             "connects": self._connects,
             "reconnects": max(0, self._connects - 1),
             "connection_errors": self._connection_errors,
+            "crashes": self.crashes,
+            "poisoned": self.poisoned,
+            "states_republished": self.upkeep.states.republished,
         }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Unhealthy while stopped, restarting after a crash, or refused by the broker.
+
+        A broker that is merely away is reported (``connected``, ``down_s``, ``pending``) but
+        healthy: the outbox holds the events, and restarting this process would lose them.
+        """
+        reason: str | None = None
+        if self._runner is None:
+            reason = "not started"
+        elif self._runner.done():
+            exc = None if self._runner.cancelled() else self._runner.exception()
+            reason = f"stopped: {exc}" if exc else "stopped"
+        elif self.auth_refused:
+            reason = self.auth_refused
+        elif self._crash_streak:
+            reason = f"restarting after {self._crash_streak} crash(es): {self._crash_reason}"
+        down = self._down_since
+        detail: dict[str, Any] = {
+            "instance": self.instance,
+            "connected": self.connected,
+            "down_s": None if down is None else round(time.monotonic() - down, 1),
+            "pending": self._outbox.pending,
+            "dropped": self._outbox.dropped,
+            "crashes": self.crashes,
+        }
+        if reason:
+            detail["reason"] = reason
+        return reason is None, detail
 
     # -- connection loop ----------------------------------------------------------------------
 
@@ -198,16 +254,18 @@ class MqttSink:
         retry = RetryPolicy(log, self.reconnect, recovery_message=None)
         try:
             while not self._stop.is_set():
-                client = self._client()
+                client, presence = self._client(), self._presence_client()
                 connected = False
                 try:
-                    async with client:
-                        await self._on_connect(client)
+                    async with contextlib.AsyncExitStack() as stack:
+                        await stack.enter_async_context(client)
+                        await stack.enter_async_context(presence)
+                        await self._on_connect(client, presence)
                         connected = True
                         retry.succeeded()
                         if not first.done():
                             first.set_result(None)
-                        await self._serve(client)
+                        await self._serve(client, presence)
                         return  # _serve returns only when close() asked to stop
                 except aiomqtt.MqttError as e:
                     self._connection_errors += 1
@@ -215,12 +273,18 @@ class MqttSink:
                         e,
                         self.address.display,
                         connected=connected,
-                        socket_error=client.last_socket_error,
+                        socket_error=client.last_socket_error or presence.last_socket_error,
                         will_retry=self.settings.wait_for_broker or self._connected_once,
                     )
+                    if isinstance(e, aiomqtt.MqttCodeError) and is_auth_rc(e.rc):
+                        self.auth_refused = message
                     if not self._connected_once and not self.settings.wait_for_broker:
                         first.set_exception(SinkError(message))
                         return
+                except Exception as e:  # noqa: BLE001 - a bug must restart the task, not end it
+                    message = self._crashed(e)
+                finally:
+                    self._disconnected()
                 delay = retry.next_delay_s()
                 log.warning(
                     "MQTT: %s; %d events pending; retrying in %.1f s",
@@ -236,17 +300,63 @@ class MqttSink:
                 )
                 first.exception()  # retrieved here: nobody may be awaiting it (wait_for_broker)
 
+    def _crashed(self, e: Exception) -> str:
+        """Count a crash of the connection task; drop the event at the outbox head if it was
+        there at the previous crash too (a poison event); give up after MAX_CRASHES in a row."""
+        self.crashes += 1
+        self._crash_streak += 1
+        self._crash_reason = f"{type(e).__name__}: {e}"
+        log.error("MQTT: the connection task crashed; restarting it", exc_info=e)
+        head = self._outbox.peek()
+        head_id = head.event.event_id if head is not None else None
+        if head_id is not None and head_id == self._crash_head:
+            self._outbox.drop_head()
+            self.poisoned += 1
+            log.error("MQTT: event %s crashed the sink twice; dropped (counted)", head_id)
+            head_id = None
+        self._crash_head = head_id
+        if self._crash_streak >= MAX_CRASHES:
+            raise SinkError(
+                f"MQTT sink stopped after {self._crash_streak} crashes in a row: "
+                f"{self._crash_reason}"
+            ) from e
+        return f"connection task crashed ({self._crash_reason})"
+
+    def _working(self) -> None:
+        """The drain task delivered a batch or has nothing to do: whatever crashed it is over."""
+        self._crash_streak = 0
+        self._crash_reason = self._crash_head = None
+
+    def _disconnected(self) -> None:
+        if self.connected:
+            self._down_since = time.monotonic()
+        self.connected = False
+
     def _client(self) -> SinkClient:
+        # The main connection's last will is the aggregate's: offline if this was the last
+        # instance (the others put online back at once, see presence.py).
         return SinkClient.fresh(
             self.address,
-            client_id=self.settings.client_id,
+            client_id=self.instance,
             will=aiomqtt.Will(self.topics.status, STATUS_OFFLINE, qos=1, retain=True),
             tls=self._tls,
             window=self.window,
         )
 
-    async def _on_connect(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.topics.status, STATUS_ONLINE, qos=1, retain=True)
+    def _presence_client(self) -> SinkClient:
+        """A second, idle connection whose last will marks this instance alone offline."""
+        own = self.upkeep.presence.own_topic
+        return SinkClient.fresh(
+            self.address,
+            client_id=f"{self.instance}-presence",
+            will=aiomqtt.Will(own, STATUS_OFFLINE, qos=1, retain=True),
+            tls=self._tls,
+            window=1,
+        )
+
+    async def _on_connect(self, client: aiomqtt.Client, presence: aiomqtt.Client) -> None:
+        await self.upkeep.on_connect(client, presence)
+        self.connected, self._down_since, self.auth_refused = True, None, None
         self._connects += 1
         if self._connected_once:
             log.warning(
@@ -265,7 +375,7 @@ class MqttSink:
         if self.settings.ha_discovery:
             await client.subscribe(self.topics.ha_status, qos=1)
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: aiomqtt.Client, presence: aiomqtt.Client) -> None:
         """Drain the outbox until close(); raise MqttError when the connection is lost.
 
         Three tasks: the drainer (the only writer), the watcher (notices a lost connection at
@@ -275,6 +385,7 @@ class MqttSink:
         tasks = {
             asyncio.create_task(self._drain(client), name="mqtt-drain"),
             asyncio.create_task(self._watch(client), name="mqtt-watch"),
+            asyncio.create_task(self._watch_presence(presence), name="mqtt-presence"),
             stopper := asyncio.create_task(self._stop.wait(), name="mqtt-stop"),
         }
         try:
@@ -290,16 +401,21 @@ class MqttSink:
                 and (exc := task.exception()) is not None
             ):
                 raise exc
-        try:
-            await client.publish(
-                self.topics.status, STATUS_OFFLINE, qos=1, retain=True, timeout=2.0
-            )
-        except aiomqtt.MqttError as e:
-            log.warning("MQTT: could not publish 'offline' on %s: %s", self.topics.status, e)
+        await self.upkeep.on_close(client, presence)
+
+    async def _watch_presence(self, presence: aiomqtt.Client) -> None:
+        """Ends (MqttError) when the presence connection is lost, so both reconnect."""
+        async for _ in presence.messages:
+            pass
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if (
+            if self.upkeep.handle(message):
+                if self.upkeep.availability_changed and self.settings.ha_discovery:
+                    self.upkeep.availability_changed = False
+                    self._announced.clear()  # configs list the instances' topics: re-announce
+                self._wake.set()
+            elif (
                 message.topic.matches(self.topics.ha_status)
                 and message.payload == STATUS_ONLINE.encode()
             ):
@@ -314,6 +430,7 @@ class MqttSink:
         """The only task that publishes on ``client``: discovery configs first, then events."""
         while True:
             self._wake.clear()  # before looking at the work, so a wake-up that follows is never missed
+            await self.upkeep.maintain(client, self.publish_timeout_s)
             if self.settings.ha_discovery:
                 await self._announce(
                     client, [k for k in self._speakers if k not in self._announced]
@@ -321,8 +438,11 @@ class MqttSink:
             batch = self._outbox.take(self.window)
             if batch:
                 await self._send_batch(client, batch)
-            else:
-                await self._wake.wait()
+                self._working()
+                continue
+            self._working()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.upkeep.next_due_s())
 
     async def _send_batch(self, client: aiomqtt.Client, batch: list[PendingEvent]) -> None:
         """Send each event's messages; settle the batch even when cancelled or disconnected."""
@@ -330,7 +450,8 @@ class MqttSink:
         results: list[BaseException | None] = []
 
         async def send(i: int, item: PendingEvent) -> None:
-            for topic, retain in self.topics.routes(item.event.session, item.event.speaker):
+            ev = item.event
+            for topic, retain in self.topics.routes(ev.session, ev.speaker):
                 await client.publish(
                     topic,
                     item.payload,
@@ -338,6 +459,8 @@ class MqttSink:
                     retain=retain,
                     timeout=self.publish_timeout_s,
                 )
+                if retain:  # the speaker's state: remembered to put back after a broker loss
+                    self.upkeep.states.delivered(topic, ev.end_s, ev.event_id, item.payload)
             delivered[i] = True
 
         try:
@@ -377,6 +500,7 @@ class MqttSink:
                 state_topic=self.topics.state(session, speaker),
                 status_topic=self.topics.status,
                 qos=self.settings.qos,
+                availability_topics=self.upkeep.presence.availability_topics(),
             )
             await client.publish(
                 self.topics.ha_config(session, speaker),

@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from emomon.services.context import ContextStore
 from emomon.services.delivery import Classifier, Delivery
+from emomon.services.health import AUTH_ERRORS, auth_log_level, auth_reason
 from emomon.services.metrics import Metrics
 from emomon.services.publish.base import Sink
 from emomon.services.queue import wire
@@ -32,6 +33,7 @@ from emomon.services.queue.redis.client import (
     default_consumer_name,
     entry_time_ms,
 )
+from emomon.services.queue.redis.heartbeat import Heartbeat
 from emomon.services.queue.redis.reader import GroupReader
 from emomon.services.retry import Backoff, RetryPolicy, sleep_unless
 from emomon.services.settings import RedisSettings, WorkerSettings
@@ -69,10 +71,19 @@ class RedisStreamWorker:
         self.redis_retry = RetryPolicy(log, backoff, self.metrics.redis_errors.labels(op="worker"))
         # batches that left entries pending: re-read after a growing pause, no log of their own
         self.processing_retry = RetryPolicy(log, backoff, recovery_message=None)
+        # A live worker's entries never look idle to the janitors (heartbeat.py, issue #18).
+        self.heartbeat = Heartbeat(
+            client,
+            settings.stream,
+            settings.group,
+            self.consumer,
+            min(settings.heartbeat_ms, settings.claim_idle_ms / 3) / 1000,
+        )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_batch_monotonic: float | None = None
         self.dead_lettered = 0
+        self.auth_error: str | None = None  # Redis refused our credentials or ACL (unhealthy)
 
     @property
     def backoff(self) -> Backoff:
@@ -104,6 +115,20 @@ class RedisStreamWorker:
             self.worker_settings.max_wait_ms,
             self.settings.claim_idle_ms,
         )
+        beating = asyncio.create_task(self.heartbeat.run(stop), name="redis-heartbeat")
+        try:
+            await self._serve(stop)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+        log.info(
+            "worker %r stopped: %d events out, %d dead-lettered",
+            self.consumer,
+            self.events_out,
+            self.dead_lettered,
+        )
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         group_ready = False
         while not stop.is_set():
             try:
@@ -112,6 +137,16 @@ class RedisStreamWorker:
                     group_ready = True
                 await self.step(stop)
                 self.redis_retry.succeeded()
+                self.auth_error = None
+            except AUTH_ERRORS as e:
+                # WRONGPASS / NOAUTH / NOPERM: no retry fixes these, a person must. Say so
+                # loudly (health turns 503 with this reason) and keep trying at the capped pace,
+                # so a corrected ACL is picked up without a restart.
+                self.auth_error = auth_reason(e)
+                self.reader.reread_pending()
+                await self.redis_retry.wait_after_failure(
+                    self.auth_error, stop, level=auth_log_level(self.redis_retry.failures + 1)
+                )
             except TRANSIENT_ERRORS as e:
                 # Whatever was in hand is pending again: re-read it first.
                 self.reader.reread_pending()
@@ -132,12 +167,6 @@ class RedisStreamWorker:
                 # ours; the batch in hand stays pending, so back off and try again.
                 self.reader.reread_pending()
                 await self.redis_retry.wait_after_failure(f"Redis refused a command ({e})", stop)
-        log.info(
-            "worker %r stopped: %d events out, %d dead-lettered",
-            self.consumer,
-            self.events_out,
-            self.dead_lettered,
-        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         alive = self._task is not None and not self._task.done()
@@ -152,6 +181,7 @@ class RedisStreamWorker:
             "last_batch_age_s": age,
             "events": self.events_out,
             "dead_letters": self.dead_lettered,
+            "held": self.heartbeat.held,
         }
 
     # -- one step of the loop ---------------------------------------------------------------
@@ -163,6 +193,7 @@ class RedisStreamWorker:
     async def _handle(self, entries: list[Entry]) -> int:
         """Decode, deliver, ack; dead-letter what cannot be processed."""
         t_read = time.time()
+        self.heartbeat.hold(e.id for e in entries)
         self.metrics.consumed.inc(len(entries))
         self.metrics.batch_size.observe(len(entries))
         good: list[tuple[Entry, Utterance]] = []
@@ -187,6 +218,7 @@ class RedisStreamWorker:
             good.append((e, utt))
         if ack_now:
             await self._r.xack(self.settings.stream, self.settings.group, *ack_now)
+            self.heartbeat.release(ack_now)
         if good:
             done = await self._deliver_isolating_failures(good)
             if done < len(good):
@@ -236,6 +268,7 @@ class RedisStreamWorker:
             return False
         t0 = time.perf_counter()
         await self._r.xack(self.settings.stream, self.settings.group, *[e.id for e, _ in items])
+        self.heartbeat.release(e.id for e, _ in items)
         self.metrics.observe_stage("ack", time.perf_counter() - t0)
         return True
 
@@ -263,6 +296,7 @@ class RedisStreamWorker:
             pipe.xadd(s.dead_letter_stream, record, maxlen=s.maxlen, approximate=True)
             pipe.xack(s.stream, s.group, e.id)
             await pipe.execute()
+        self.heartbeat.release([e.id])
         self.dead_lettered += 1
         self.metrics.dead_letters.labels(reason=reason).inc()
         log.warning(
