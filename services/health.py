@@ -33,9 +33,13 @@ AUTH_ERRORS: tuple[type[BaseException], ...] = (AuthenticationError, NoPermissio
 
 def auth_reason(e: BaseException) -> str:
     """One line for an authentication/permission refusal, with what to check."""
-    what = "lacks a permission emomon needs" if isinstance(e, NoPermissionError) else "refused"
+    what = (
+        "user lacks a permission emomon needs"
+        if isinstance(e, NoPermissionError)
+        else "refused the credentials"
+    )
     return (
-        f"Redis {what}: {redact_url(str(e))} "
+        f"Redis {what}: {redact_url(str(e)).rstrip('.')} "
         "(check the user and password in --redis-url and the ACL in docs/SECURITY.md)"
     )
 
