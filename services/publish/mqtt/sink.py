@@ -10,8 +10,8 @@ Reconnects follow one :class:`~.client.ReconnectPolicy`, counted by the shared
 :class:`~emomon.services.retry.RetryPolicy`. Topic names live in :mod:`.topics`.
 
 Failures stay visible and recoverable (issue #18): a bug that kills the connection task
-restarts it on the same back-off (an event that crashes it twice in a row is dropped and
-counted; ``MAX_CRASHES`` crashes in a row stop the sink), and :meth:`MqttSink.health` says so,
+restarts it on the same back-off (:mod:`.supervision`: an event that crashes it twice in a row
+is dropped and counted; 10 crashes in a row stop the sink), and :meth:`MqttSink.health` says so,
 as it says when the broker refuses the credentials. Availability is per instance and the
 retained states are put back after a broker loses them (:mod:`.upkeep`).
 """
@@ -35,7 +35,6 @@ from emomon.services.publish import homeassistant
 from emomon.services.publish.base import SinkError
 from emomon.services.publish.mqtt.client import (
     ReconnectPolicy,
-    SinkClient,
     describe_failure,
     is_auth_rc,
     parse_mqtt_url,
@@ -43,8 +42,8 @@ from emomon.services.publish.mqtt.client import (
 )
 from emomon.services.publish.mqtt.outbox import Outbox, PendingEvent
 from emomon.services.publish.mqtt.presence import default_instance_id
+from emomon.services.publish.mqtt.supervision import CrashGuard
 from emomon.services.publish.mqtt.topics import (
-    STATUS_OFFLINE,
     STATUS_ONLINE,
     Topics,
     check_sessions,
@@ -56,9 +55,6 @@ from emomon.services.retry import RetryPolicy, sleep_unless
 from emomon.services.settings import MqttSettings
 
 log = logging.getLogger(__name__)
-
-# Crashes of the connection task in a row (no batch delivered in between) before the sink stops.
-MAX_CRASHES = 10
 
 
 class MqttSink:
@@ -115,11 +111,7 @@ class MqttSink:
         self.connected = False
         self._down_since: float | None = time.monotonic()
         self.auth_refused: str | None = None  # the broker refused our credentials (unhealthy)
-        self.crashes = 0  # connection-task crashes (bugs), restarted
-        self.poisoned = 0  # events dropped because they crashed the task twice in a row
-        self._crash_streak = 0
-        self._crash_reason: str | None = None
-        self._crash_head: str | None = None
+        self.guard = CrashGuard(self._outbox)  # crashes of the connection task (supervision.py)
 
     # -- Sink protocol ------------------------------------------------------------------------
 
@@ -212,8 +204,8 @@ class MqttSink:
             "connects": self._connects,
             "reconnects": max(0, self._connects - 1),
             "connection_errors": self._connection_errors,
-            "crashes": self.crashes,
-            "poisoned": self.poisoned,
+            "crashes": self.guard.crashes,
+            "poisoned": self.guard.poisoned,
             "states_republished": self.upkeep.states.republished,
         }
 
@@ -231,8 +223,8 @@ class MqttSink:
             reason = f"stopped: {exc}" if exc else "stopped"
         elif self.auth_refused:
             reason = self.auth_refused
-        elif self._crash_streak:
-            reason = f"restarting after {self._crash_streak} crash(es): {self._crash_reason}"
+        else:
+            reason = self.guard.restarting
         down = self._down_since
         detail: dict[str, Any] = {
             "instance": self.instance,
@@ -240,7 +232,7 @@ class MqttSink:
             "down_s": None if down is None else round(time.monotonic() - down, 1),
             "pending": self._outbox.pending,
             "dropped": self._outbox.dropped,
-            "crashes": self.crashes,
+            "crashes": self.guard.crashes,
         }
         if reason:
             detail["reason"] = reason
@@ -254,7 +246,7 @@ class MqttSink:
         retry = RetryPolicy(log, self.reconnect, recovery_message=None)
         try:
             while not self._stop.is_set():
-                client, presence = self._client(), self._presence_client()
+                client, presence = self.upkeep.clients(self.address, self._tls, self.window)
                 connected = False
                 try:
                     async with contextlib.AsyncExitStack() as stack:
@@ -282,7 +274,7 @@ class MqttSink:
                         first.set_exception(SinkError(message))
                         return
                 except Exception as e:  # noqa: BLE001 - a bug must restart the task, not end it
-                    message = self._crashed(e)
+                    message = self.guard.crashed(e)
                 finally:
                     self._disconnected()
                 delay = retry.next_delay_s()
@@ -300,59 +292,10 @@ class MqttSink:
                 )
                 first.exception()  # retrieved here: nobody may be awaiting it (wait_for_broker)
 
-    def _crashed(self, e: Exception) -> str:
-        """Count a crash of the connection task; drop the event at the outbox head if it was
-        there at the previous crash too (a poison event); give up after MAX_CRASHES in a row."""
-        self.crashes += 1
-        self._crash_streak += 1
-        self._crash_reason = f"{type(e).__name__}: {e}"
-        log.error("MQTT: the connection task crashed; restarting it", exc_info=e)
-        head = self._outbox.peek()
-        head_id = head.event.event_id if head is not None else None
-        if head_id is not None and head_id == self._crash_head:
-            self._outbox.drop_head()
-            self.poisoned += 1
-            log.error("MQTT: event %s crashed the sink twice; dropped (counted)", head_id)
-            head_id = None
-        self._crash_head = head_id
-        if self._crash_streak >= MAX_CRASHES:
-            raise SinkError(
-                f"MQTT sink stopped after {self._crash_streak} crashes in a row: "
-                f"{self._crash_reason}"
-            ) from e
-        return f"connection task crashed ({self._crash_reason})"
-
-    def _working(self) -> None:
-        """The drain task delivered a batch or has nothing to do: whatever crashed it is over."""
-        self._crash_streak = 0
-        self._crash_reason = self._crash_head = None
-
     def _disconnected(self) -> None:
         if self.connected:
             self._down_since = time.monotonic()
         self.connected = False
-
-    def _client(self) -> SinkClient:
-        # The main connection's last will is the aggregate's: offline if this was the last
-        # instance (the others put online back at once, see presence.py).
-        return SinkClient.fresh(
-            self.address,
-            client_id=self.instance,
-            will=aiomqtt.Will(self.topics.status, STATUS_OFFLINE, qos=1, retain=True),
-            tls=self._tls,
-            window=self.window,
-        )
-
-    def _presence_client(self) -> SinkClient:
-        """A second, idle connection whose last will marks this instance alone offline."""
-        own = self.upkeep.presence.own_topic
-        return SinkClient.fresh(
-            self.address,
-            client_id=f"{self.instance}-presence",
-            will=aiomqtt.Will(own, STATUS_OFFLINE, qos=1, retain=True),
-            tls=self._tls,
-            window=1,
-        )
 
     async def _on_connect(self, client: aiomqtt.Client, presence: aiomqtt.Client) -> None:
         await self.upkeep.on_connect(client, presence)
@@ -438,9 +381,9 @@ class MqttSink:
             batch = self._outbox.take(self.window)
             if batch:
                 await self._send_batch(client, batch)
-                self._working()
+                self.guard.working()
                 continue
-            self._working()
+            self.guard.working()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.upkeep.next_due_s())
 

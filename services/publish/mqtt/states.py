@@ -45,8 +45,10 @@ class LatestStates:
             self._mine[topic] = StateRecord(topic, end_s, event_id, payload)
         self._mine.move_to_end(topic)
         while len(self._mine) > self.maxsize:
-            self._mine.popitem(last=False)
-        self._seen[topic] = (end_s, event_id)
+            gone, _ = self._mine.popitem(last=False)
+            self._seen.pop(gone, None)
+        if topic in self._mine:
+            self._seen[topic] = (end_s, event_id)
 
     def forget_broker(self) -> None:
         """A new connection: what the broker holds is unknown until its retained messages arrive."""

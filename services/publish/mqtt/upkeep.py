@@ -9,10 +9,12 @@ the retained states the broker lost (see :mod:`.presence` and :mod:`.states`).
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 
 import aiomqtt
 
+from emomon.services.publish.mqtt.client import BrokerAddress, SinkClient
 from emomon.services.publish.mqtt.presence import Presence
 from emomon.services.publish.mqtt.states import LatestStates
 from emomon.services.publish.mqtt.topics import STATUS_OFFLINE, STATUS_ONLINE, Topics
@@ -39,6 +41,28 @@ class Upkeep:
         self._fix_aggregate = False
         self._check_states_at: float | None = None
         self._due: dict[str, None] = {}  # state topics to publish again
+
+    def clients(
+        self, address: BrokerAddress, tls: ssl.SSLContext | None, window: int
+    ) -> tuple[SinkClient, SinkClient]:
+        """The two connections of one attempt: the main one, whose last will writes ``offline``
+        on the aggregate (the others put ``online`` back, see presence.py), and an idle
+        presence connection whose last will marks this instance alone ``offline``."""
+        main = SinkClient.fresh(
+            address,
+            client_id=self.presence.instance,
+            will=aiomqtt.Will(self.topics.status, STATUS_OFFLINE, qos=1, retain=True),
+            tls=tls,
+            window=window,
+        )
+        presence = SinkClient.fresh(
+            address,
+            client_id=f"{self.presence.instance}-presence",
+            will=aiomqtt.Will(self.presence.own_topic, STATUS_OFFLINE, qos=1, retain=True),
+            tls=tls,
+            window=1,
+        )
+        return main, presence
 
     @property
     def state_filter(self) -> str:
