@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,17 +87,24 @@ class RedisProbe:
 SyncHealth = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-def sink_health(sinks: Sequence[Any]) -> tuple[list[str], dict[str, Any]]:
-    """Reasons a sink is unhealthy, and each sink's detail (sinks without ``health()`` are ok)."""
+def sink_health(
+    sinks: Sequence[Any], errors: Mapping[str, str] | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Reasons a sink is unhealthy, and each sink's detail.
+
+    A sink is unhealthy when its own ``health()`` says so, or when its latest ``publish``
+    failed (``errors``: :attr:`emomon.services.delivery.Delivery.sink_errors`), which is how a
+    sink without a ``health()`` (a JSONL file on a full disk) shows.
+    """
+    errors = errors or {}
     reasons: list[str] = []
     detail: dict[str, Any] = {}
     for sink in sinks:
         name = str(getattr(sink, "name", type(sink).__name__))
         probe = getattr(sink, "health", None)
-        if not callable(probe):
-            detail[name] = {"ok": True}
-            continue
-        ok, info = probe()
+        ok, info = probe() if callable(probe) else (True, {})
+        if ok and name in errors:
+            ok, info = False, {**info, "reason": errors[name]}
         detail[name] = {"ok": ok, **info}
         if not ok:
             reasons.append(f"sink {name}: {info.get('reason', 'unhealthy')}")
@@ -115,6 +122,7 @@ class Health:
         redis_down_is_unhealthy: a worker can do nothing without Redis (503); the streamer
             buffers through an outage, so for it Redis down is reported but stays 200.
         auth_error: the loop's own last authentication refusal, if any (it saw it first).
+        sink_errors: the delivery stage's failing sinks (``Delivery.sink_errors``).
     """
 
     loop: SyncHealth
@@ -122,6 +130,7 @@ class Health:
     sinks: Sequence[Any] = ()
     redis_down_is_unhealthy: bool = True
     auth_error: Callable[[], str | None] = field(default=lambda: None)
+    sink_errors: Callable[[], Mapping[str, str]] = field(default=dict)
 
     async def __call__(self) -> tuple[bool, dict[str, Any]]:
         alive, detail = self.loop()
@@ -138,7 +147,7 @@ class Health:
         loop_auth = self.auth_error()
         if loop_auth and loop_auth not in reasons:
             reasons.append(loop_auth)
-        sink_reasons, sink_detail = sink_health(self.sinks)
+        sink_reasons, sink_detail = sink_health(self.sinks, self.sink_errors())
         if sink_detail:
             detail["sinks"] = sink_detail
         reasons += sink_reasons

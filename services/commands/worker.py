@@ -163,7 +163,13 @@ async def serve_worker(
         context=store,
     )
     probe = RedisProbe.for_url(settings.redis.url) if settings.metrics.port is not None else None
-    health = Health(worker.health, probe, sinks, auth_error=lambda: worker.auth_error)
+    health = Health(
+        worker.health,
+        probe,
+        sinks,
+        auth_error=lambda: worker.auth_error,
+        sink_errors=lambda: worker.delivery.sink_errors,
+    )
     server = metrics_server(settings, metrics, health)
     started: list[Sink] = []
     try:

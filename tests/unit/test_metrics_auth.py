@@ -119,3 +119,41 @@ def test_token_from_flag_env_and_masked_in_config_show() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert TOKEN not in out.stdout + out.stderr and "**" in out.stdout
+
+
+def test_a_sink_whose_publish_fails_makes_health_unhealthy_until_it_works(tmp_path: Any) -> None:
+    """A JSONL sink on a full disk (/dev/full: every write fails with ENOSPC) has no health()
+    of its own; the delivery stage's record of its failure makes /healthz 503."""
+    from pathlib import Path
+
+    from emomon.services.delivery import Delivery
+    from emomon.services.publish.jsonl import JsonlSink
+    from tests.helpers.factories import event
+
+    if not Path("/dev/full").exists():
+        import pytest
+
+        pytest.skip("no /dev/full here")
+
+    class _Classifier:
+        async def classify(self, utts: Any) -> list[Any]:
+            return [event(u.utterance_id, u.end_s) for u in utts]
+
+    async def main() -> None:
+        from tests.helpers.factories import utterance
+
+        full = JsonlSink("/dev/full")
+        delivery = Delivery(_Classifier(), [full])
+        health = Health(lambda: (True, {}), sinks=[full], sink_errors=lambda: delivery.sink_errors)
+        await full.start()
+        result = await delivery.deliver([utterance()])
+        assert not result.delivered
+        ok, detail = await health()
+        assert not ok and detail["reasons"][0].startswith("sink jsonl: publish failing")
+        assert "No space left" in detail["reasons"][0] and detail["sinks"]["jsonl"]["ok"] is False
+        full.path = tmp_path / "fixed.jsonl"  # the disk has room again
+        full._f = None
+        assert (await delivery.deliver([utterance()])).delivered
+        assert (await health())[0]
+
+    asyncio.run(main())
