@@ -133,7 +133,8 @@ def test_poison_entries_dead_lettered_next_utterance_on_mqtt_then_sink_refused(
 ) -> None:
     """``speaker: 12345`` and ``session: 12345`` go to dead letters; the valid utterance of the
     same batch is published on MQTT; a broker that later refuses our password makes the
-    worker's /healthz 503, naming the sink."""
+    worker's /healthz 503, naming the sink, and the worker takes no entries until the sink
+    delivers again."""
     server = RedisServer().start()
     pw = make_password_file(tmp_path / "passwd", "emo", "mqttpw")
     broker = Mosquitto(tmp_path / "broker", password_file=pw)
@@ -172,6 +173,25 @@ def test_poison_entries_dead_lettered_next_utterance_on_mqtt_then_sink_refused(
             body = await served.until(503, timeout_s=15)
             assert any(r.startswith("sink mqtt:") and "password" in r for r in body["reasons"])
             assert "mqttpw" not in json.dumps(body)
+            # The worker takes nothing while its sink cannot deliver: the entry stays unread in
+            # the stream for a healthy worker, no delivery is burnt on it.
+            async with asyncio.timeout(5):  # noticed between two reads (<= 0.5 s apart)
+                while served.worker.paused is None:
+                    await asyncio.sleep(0.05)
+            assert served.worker.paused.startswith("sink mqtt:")
+            later = synthetic_utterance(8, session="poison")
+            await r.xadd(stream, wire.encode(later))
+            await asyncio.sleep(2.0)
+            (group,) = await r.xinfo_groups(stream)
+            assert int(group["lag"]) == 1 and int(group["pending"]) == 0
+
+            # The password is restored: the sink reconnects, the worker takes the entry again.
+            broker.stop(signal.SIGKILL)
+            make_password_file(pw, "emo", "mqttpw")
+            await asyncio.to_thread(broker.start)
+            body = await served.until(200, timeout_s=15)
+            await sub.wait_for(lambda: len(sub.messages) >= 2, timeout_s=30)
+            assert json.loads(sub.messages[-1][1])["utterance_id"] == later.utterance_id
         await sink.close()
 
     try:

@@ -60,6 +60,7 @@ class Heartbeat:
         self.interval_s = interval_s
         self._held: dict[str, None] = {}  # insertion-ordered set of entry ids (str)
         self._script = client.register_script(_REFRESH)
+        self.paused = False  # a paused worker lets its entries age, so others reclaim them
         self.beats = 0
         self.lost = 0  # held entries another consumer had taken (this one was too slow)
 
@@ -96,6 +97,8 @@ class Heartbeat:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
             if stop.is_set():
                 return
+            if self.paused:
+                continue
             try:
                 await self.beat()
             except (RedisError, OSError) as e:

@@ -84,6 +84,7 @@ class RedisStreamWorker:
         self.last_batch_monotonic: float | None = None
         self.dead_lettered = 0
         self.auth_error: str | None = None  # Redis refused our credentials or ACL (unhealthy)
+        self.paused: str | None = None  # why this worker takes no entries (an unhealthy sink)
 
     @property
     def backoff(self) -> Backoff:
@@ -128,9 +129,48 @@ class RedisStreamWorker:
             self.dead_lettered,
         )
 
+    def _unhealthy_sink(self) -> str | None:
+        """The first sink whose own ``health()`` is bad (refused, restarting, stopped), if any."""
+        for sink in self.delivery.sinks:
+            probe = getattr(sink, "health", None)
+            if callable(probe):
+                ok, info = probe()
+                if not ok:
+                    return f"sink {getattr(sink, 'name', sink)}: {info.get('reason', 'unhealthy')}"
+        return None
+
+    async def _pause_while_a_sink_is_unhealthy(self, stop: asyncio.Event) -> bool:
+        """Take no entries while a sink cannot deliver, and let go of the held ones.
+
+        Why: entries taken now would fail or pile up in a sink that cannot deliver, and each
+        re-read would burn a delivery until valid utterances are dead-lettered. Paused, this
+        worker stops its heartbeat, so after ``claim_idle_ms`` a healthy worker reclaims what it
+        held; its /healthz is 503 meanwhile. Returns True while paused.
+        """
+        reason = self._unhealthy_sink()
+        if reason is None:
+            if self.paused is not None:
+                log.warning("%s recovered; taking entries again", self.paused.split(":")[0])
+                self.paused = None
+                self.heartbeat.paused = False
+                self.reader.reread_pending()
+            return False
+        if self.paused is None:
+            log.error(
+                "%s; taking no entries until it recovers (held ones go to other workers after "
+                "claim_idle_ms)",
+                reason,
+            )
+        self.paused = reason
+        self.heartbeat.paused = True
+        await sleep_unless(stop, 0.5)
+        return True
+
     async def _serve(self, stop: asyncio.Event) -> None:
         group_ready = False
         while not stop.is_set():
+            if await self._pause_while_a_sink_is_unhealthy(stop):
+                continue
             try:
                 if not group_ready:
                     await self.ensure_group()
@@ -182,6 +222,7 @@ class RedisStreamWorker:
             "events": self.events_out,
             "dead_letters": self.dead_lettered,
             "held": self.heartbeat.held,
+            "paused": self.paused,
         }
 
     # -- one step of the loop ---------------------------------------------------------------
