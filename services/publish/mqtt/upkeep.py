@@ -115,8 +115,8 @@ class Upkeep:
             )
         if self._check_states_at is not None and time.monotonic() >= self._check_states_at:
             self._check_states_at = None
-            for record in self.states.stale():
-                self._due[record.topic] = None
+            for stale in self.states.stale():
+                self._due[stale.topic] = None
         while self._due:
             topic = next(iter(self._due))
             record = self.states.record(topic)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -59,7 +60,7 @@ class Heartbeat:
         self.stream, self.group, self.consumer = stream, group, consumer
         self.interval_s = interval_s
         self._held: dict[str, None] = {}  # insertion-ordered set of entry ids (str)
-        self._script = client.register_script(_REFRESH)
+        self._script: Any = None  # registered at the first beat
         self.paused = False  # a paused worker lets its entries age, so others reclaim them
         self.beats = 0
         self.lost = 0  # held entries another consumer had taken (this one was too slow)
@@ -81,6 +82,8 @@ class Heartbeat:
         ids = list(self._held)
         if not ids:
             return 0
+        if self._script is None:
+            self._script = self._r.register_script(_REFRESH)
         lost = await self._script(keys=[self.stream], args=[self.group, self.consumer, *ids])
         gone = [as_str(x) for x in lost or []]
         if gone:
