@@ -14,7 +14,7 @@ events it classified (docs/DASHBOARD.md says so).
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from emomon.services.settings import Settings
 from emomon.services.trends import TrendWindow
 
 MAX_SPEAKERS = 4096  # speakers whose state is kept (least recently heard dropped first)
+RECENT_IDS = 256  # event ids remembered per speaker to ignore redelivered duplicates
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,19 @@ class InsightUpdate:
     active: tuple[str, ...] = field(default=())  # the speaker's active rules after the event
 
 
+@dataclass
+class _SpeakerState:
+    trend: TrendWindow
+    alerts: AlertEvaluator
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_IDS))
+
+    def first_time(self, event_id: str) -> bool:
+        if event_id in self.recent:
+            return False
+        self.recent.append(event_id)
+        return True
+
+
 class Insights:
     """Trend windows and alert evaluators, one of each per (session, speaker)."""
 
@@ -46,9 +60,7 @@ class Insights:
         self.trends = trends
         self.rules = alerts.parsed()
         self.margin = alerts.hysteresis
-        self._speakers: OrderedDict[tuple[str, str], tuple[TrendWindow, AlertEvaluator]] = (
-            OrderedDict()
-        )
+        self._speakers: OrderedDict[tuple[str, str], _SpeakerState] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -58,14 +70,18 @@ class Insights:
         key = (event["session"], event["speaker"])
         state = self._speakers.get(key)
         if state is None:
-            state = (TrendWindow(self.trends.window_s), AlertEvaluator(self.rules, self.margin))
+            state = _SpeakerState(
+                TrendWindow(self.trends.window_s), AlertEvaluator(self.rules, self.margin)
+            )
             self._speakers[key] = state
             if len(self._speakers) > MAX_SPEAKERS:
                 self._speakers.popitem(last=False)
         else:
             self._speakers.move_to_end(key)
-        window, evaluator = state
-        trend = window.add(event) if self.trends.enabled else None
+        evaluator = state.alerts
+        if not state.first_time(event["event_id"]):  # at-least-once delivery redelivered it
+            return InsightUpdate(active=tuple(evaluator.active()))
+        trend = state.trend.add(event) if self.trends.enabled else None
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         alerts = tuple(
             {
