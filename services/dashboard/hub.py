@@ -157,6 +157,11 @@ class DashboardHub:
         }
 
     # -- pages -----------------------------------------------------------------------------
+    @property
+    def pages(self) -> int:
+        """Pages connected now."""
+        return len(self._clients)
+
     def _broadcast(self, kind: str, data: Any) -> None:
         if not self._clients:
             return
