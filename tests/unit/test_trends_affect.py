@@ -50,9 +50,9 @@ def test_trend_window_shares_and_means():
     last = trends[-1]
     # the first event ended at 3 s, more than 10 s before 15 s: out of the window
     assert last["events"] == 3 and last["from_s"] == 4.0 and last["to_s"] == 15.0
-    assert last["share"]["joy"] == pytest.approx(2 / 3, abs=1e-4) and last["share"]["anger"] == pytest.approx(
-        1 / 3, abs=1e-4
-    )
+    share = last["share"]
+    assert share["joy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert share["anger"] == pytest.approx(1 / 3, abs=1e-4)
     assert last["share"]["uncertain"] == 0 and sum(last["share"].values()) == pytest.approx(1)
     vals = [e["valence"] for e in evs[1:]]
     assert last["mean_valence"] == pytest.approx(sum(vals) / 3, abs=1e-4)
