@@ -7,6 +7,8 @@ v2 (2026-12): ``label`` may also be ``"uncertain"`` (confidence below ``worker.m
 or ``"no_speech"`` (no transcript and hardly any voiced audio); ``outcome`` says which of
 ``emotion | uncertain | no_speech`` it is and ``top_label`` always names the likeliest class.
 A v1 consumer that reads ``top_label`` where it read ``label`` sees what it saw before.
+Additive (issue 17): ``valence`` (-1..1) and ``arousal`` (0..1), derived from ``probabilities``
+(:mod:`emomon.services.affect`).
 """
 
 from __future__ import annotations
