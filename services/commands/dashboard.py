@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from pathlib import Path
 
 from emomon.services.commands.common import (
     CliError,
@@ -101,6 +102,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     if not args.jsonl and not settings.mqtt.url:
         raise CliError("nothing to show: give --mqtt-url URL (distributed mode) or FILE.jsonl")
+    missing = [f for f in args.jsonl if not Path(f).is_file()]
+    if missing:
+        raise CliError(f"cannot read events from {missing[0]}: no such file")
     try:
         return asyncio.run(_serve(settings, args.jsonl))
     except pipeline_errors() as e:
