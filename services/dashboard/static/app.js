@@ -27,6 +27,11 @@ function svg(tag, attrs) {
   return e;
 }
 
+// a label as a CSS class / variable name: only the known ones (events from MQTT are not trusted)
+function lab(label) {
+  return LABELS.includes(label) || label === "no_speech" ? label : "uncertain";
+}
+
 function clock(s) {
   const m = Math.floor(s / 60);
   return `${m}:${(s - m * 60).toFixed(0).padStart(2, "0")}`;
@@ -136,7 +141,7 @@ function lane(sid, name, sp, events, span) {
   const state = el("div", { class: "state" });
   if (last) {
     state.append(
-      el("span", { class: `chip ${last.label}`, style: `background:var(--${last.label})` }, last.label),
+      el("span", { class: `chip ${lab(last.label)}`, style: `background:var(--${lab(last.label)})` }, last.label),
       ` ${last.confidence.toFixed(2)} · V ${signed(last.valence)} · A ${last.arousal == null ? "–" : last.arousal.toFixed(2)}`,
     );
   } else state.textContent = "no events yet";
@@ -148,9 +153,9 @@ function lane(sid, name, sp, events, span) {
     const left = (ev.start_s / span) * 100;
     const width = Math.max(((ev.end_s - ev.start_s) / span) * 100, 0.3);
     const seg = el("div", {
-      class: `seg ${ev.label}`,
+      class: `seg ${lab(ev.label)}`,
       "data-event": ev.event_id,
-      style: `left:${left}%;width:${width}%;background:var(--${ev.label});opacity:${0.25 + 0.75 * ev.confidence}`,
+      style: `left:${left}%;width:${width}%;background:var(--${lab(ev.label)});opacity:${0.25 + 0.75 * ev.confidence}`,
       title: `${clock(ev.start_s)}–${clock(ev.end_s)} ${ev.label}` +
         (ev.outcome === "uncertain" ? ` (likeliest ${ev.top_label})` : "") +
         ` ${ev.confidence.toFixed(2)}` + (ev.text ? `: ${ev.text}` : ""),
@@ -178,7 +183,7 @@ function lane(sid, name, sp, events, span) {
   const transcript = el("div", { class: "transcript" });
   for (const ev of events.filter((e) => e.text).slice(-TRANSCRIPT_LINES)) {
     transcript.append(el("p", {}, el("span", { class: "t" }, clock(ev.start_s)),
-      el("span", { class: `chip ${ev.label}`, style: `background:var(--${ev.label})` }, ev.label), " ", ev.text));
+      el("span", { class: `chip ${lab(ev.label)}`, style: `background:var(--${lab(ev.label)})` }, ev.label), " ", ev.text));
   }
   const log = el("div", { class: "alerts alert-log" });
   for (const a of sp.alerts.slice(-4)) log.append(el("div", {}, `${clock(a.at_s)} ${a.rule} ${a.state} (${a.value})`));
