@@ -2,8 +2,9 @@
 
 The call plays at real-time pace; while it plays the page must show both speakers' lanes and at
 least 8 events, with transcripts, valence/arousal sparklines and trends. The screenshot is kept
-in test-artifacts/ (EMOMON_TEST_ARTIFACTS); with EMOMON_UPDATE_DOCS=1 it also becomes
-docs/img/dashboard.png, the picture docs/DASHBOARD.md shows.
+in test-artifacts/ (TEST_ARTIFACTS_DIR); with UPDATE_DOCS_SCREENSHOTS=1 it also becomes
+docs/img/dashboard.png, the picture docs/DASHBOARD.md shows. (Not EMOMON_* names: those are
+settings, which emomon would refuse.)
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def test_run_dashboard_shows_both_speakers_while_the_call_plays(tmp_path):
         assert state["texts"] >= 4 and state["sparks"] >= 4, state  # transcripts, V/A lines
         assert state["connected"] == "true" and not state["banner"]
         assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
-        if os.environ.get("EMOMON_UPDATE_DOCS") == "1":
+        if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
             shutil.copy(shot, REPO / "docs" / "img" / "dashboard.png")
         # after the call the page says so, and Ctrl-C ends the lingering server cleanly
         wait_for_line(log, "the dashboard stays at", proc, 120)

@@ -36,11 +36,11 @@ def require_chromium() -> str:
 
 
 def artifact_dir() -> Path:
-    """Where tests keep what a person should look at (EMOMON_TEST_ARTIFACTS, default
+    """Where tests keep what a person should look at (TEST_ARTIFACTS_DIR, default
     test-artifacts/ in the repository, which git ignores)."""
     import os
 
-    d = Path(os.environ.get("EMOMON_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    d = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts"))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
