@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from emomon.services.dashboard_settings import AlertSettings, DashboardSettings, TrendSettings
 from emomon.services.redact import redact_url
 from emomon.streamer.config import (
     FILE_MAX_CHANNELS,
@@ -361,6 +362,9 @@ class Settings(_Section):
     mqtt: MqttSettings = MqttSettings()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSettings = MetricsSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    trends: TrendSettings = TrendSettings()
+    alerts: AlertSettings = AlertSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     drain_timeout_s: float = Field(10.0, ge=0, le=600)
     warm_up: bool = Field(

@@ -303,3 +303,22 @@ METRICS = FlagGroup(
         ),
     ),
 )
+DASHBOARD = FlagGroup(
+    "dashboard",
+    (
+        Flag(("--dashboard",), "dashboard.enabled", "serve the live dashboard page", "on"),
+        Flag(
+            ("--dashboard-host",),
+            "dashboard.host",
+            "address the dashboard listens on",
+            metavar="ADDR",
+        ),
+        Flag(
+            ("--dashboard-port",),
+            "dashboard.port",
+            "dashboard port (0: a free one)",
+            metavar="PORT",
+            type=int,
+        ),
+    ),
+)

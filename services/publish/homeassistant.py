@@ -108,3 +108,44 @@ def sensor_config(
         },
         "origin": {"name": "emomon", "sw_version": _version()},
     }
+
+
+def alert_object_id(session: str, speaker: str, rule: str) -> str:
+    """The object id of one speaker's binary sensor for one alert rule (issue 17)."""
+    return _SLUG_UNSAFE.sub("_", f"emomon_{session}_{speaker}_alert_{rule}")
+
+
+def binary_sensor_config(
+    *,
+    session: str,
+    speaker: str,
+    rule: str,
+    state_topic: str,
+    status_topic: str,
+    qos: int,
+) -> dict[str, Any]:
+    """The discovery payload of one alert rule's binary sensor for one speaker (issue 17).
+
+    Its state topic is ``{prefix}/{session}/{speaker}/alert/{rule}``, retained ``ON`` while the
+    rule is active and ``OFF`` once it cleared (alerts.hysteresis). It sits on the same HA device
+    as the speaker's emotion sensor. Reference:
+    https://www.home-assistant.io/integrations/binary_sensor.mqtt/ .
+    """
+    sensor = sensor_config(
+        session=session,
+        speaker=speaker,
+        state_topic=state_topic,
+        status_topic=status_topic,
+        qos=qos,
+    )
+    for key in ("value_template", "json_attributes_topic", "device_class", "options", "icon"):
+        sensor.pop(key)
+    return {
+        **sensor,
+        "name": f"{speaker} alert {rule}",
+        "unique_id": alert_object_id(session, speaker, rule),
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "problem",
+        "icon": "mdi:alert-outline",
+    }
