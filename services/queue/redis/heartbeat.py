@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from emomon.services.queue.redis.client import as_str
+from emomon.services.queue.redis.client import TRANSIENT_ERRORS, as_str
 
 log = logging.getLogger("emomon.redis")
 
@@ -64,6 +64,7 @@ class Heartbeat:
         self.paused = False  # a paused worker lets its entries age, so others reclaim them
         self.beats = 0
         self.lost = 0  # held entries another consumer had taken (this one was too slow)
+        self.errors = 0  # beats Redis refused (not outages)
 
     def hold(self, ids: Iterable[bytes | str]) -> None:
         for i in ids:
@@ -104,8 +105,16 @@ class Heartbeat:
                 continue
             try:
                 await self.beat()
-            except (RedisError, OSError) as e:
+            except TRANSIENT_ERRORS as e:  # Redis away: the main loop reports the outage
                 log.debug("heartbeat skipped: %s", e)
+            except RedisError as e:  # e.g. NOPERM for EVALSHA: live entries would be reclaimed
+                self.errors += 1
+                if self.errors == 1 or self.errors % 100 == 0:
+                    log.warning(
+                        "heartbeat failed (%s); the entries this worker holds may be reclaimed "
+                        "and processed twice (docs/SECURITY.md lists the commands it needs)",
+                        e,
+                    )
 
 
 __all__ = ["Heartbeat"]
