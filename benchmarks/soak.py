@@ -9,8 +9,9 @@ length (default: the shipped two-speaker call), and two ``emomon worker`` proces
 to MQTT. A persistent QoS-1 subscriber counts what arrives. Inside the run, at 25 %, 50 % and
 75 % of it:
 
-* a worker is SIGKILLed and a fresh one started under another consumer name (its entries are
-  reclaimed by the survivor);
+* a worker is SIGKILLed while it holds un-acked entries (if it does within ``--hold-wait-s``)
+  and a fresh one started under another consumer name; the survivor reclaims the entries, and
+  the time that took is reported;
 * Redis is SIGKILLed and restarted on the same port after ``--redis-down-s`` (AOF keeps the
   stream; the streamer buffers, the workers retry);
 * the broker is stopped (SIGTERM, persistence saved) and restarted after ``--broker-down-s``
@@ -51,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AUDIO = REPO / "tests" / "data" / "phone-call-2spk.wav"
 STREAM = "emomon:utterances"
 DEAD = "emomon:dead"
+GROUP = "emomon-workers"
 
 
 def free_port() -> int:
@@ -114,6 +116,40 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+async def pending_of(url: str, consumer: str) -> int:
+    client = connect(url)
+    try:
+        rows = await client.xinfo_consumers(STREAM, GROUP)
+    except Exception:  # noqa: BLE001 - Redis or the group not there: nothing held
+        rows = []
+    finally:
+        await client.aclose()
+    names = {(r["name"].decode() if isinstance(r["name"], bytes) else r["name"]): r for r in rows}
+    return int(names[consumer]["pending"]) if consumer in names else 0
+
+
+async def kill_holding(proc: Proc, url: str, wait_s: float) -> dict[str, Any]:
+    """SIGKILL ``proc`` while it holds un-acked entries if that happens within ``wait_s``
+    (frozen with SIGSTOP first, so it cannot ack between the check and the kill); then time
+    how long the other workers take to reclaim them."""
+    assert proc.p is not None
+    held, deadline = 0, time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        proc.p.send_signal(signal.SIGSTOP)
+        held = await pending_of(url, proc.name)
+        if held:
+            break
+        proc.p.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.05)
+    proc.signal(signal.SIGKILL)
+    t_kill = time.monotonic()
+    while held and await pending_of(url, proc.name) and time.monotonic() - t_kill < 120:
+        await asyncio.sleep(0.2)
+    reclaim_s = round(time.monotonic() - t_kill, 1) if held else None
+    print(f"  worker {proc.name} killed holding {held} entries; reclaimed after {reclaim_s} s")
+    return {"held_at_kill": held, "reclaimed_after_s": reclaim_s}
 
 
 def emomon(*args: str) -> list[str]:
@@ -200,7 +236,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             faults.append({"t_s": round(now), "fault": kind})
             print(f"  t={now:6.0f}s fault: {kind}", flush=True)
             if kind == "worker":
-                workers["w1"].signal(signal.SIGKILL)
+                faults[-1].update(await kill_holding(workers["w1"], rurl, args.hold_wait_s))
                 workers["w1b"] = worker("w1b")
             elif kind == "redis":
                 redis.signal(signal.SIGKILL)
@@ -255,6 +291,12 @@ def main() -> int:
     p.add_argument("--rss-every-s", type=float, default=60.0)
     p.add_argument("--warmup-s", type=float, default=30.0, help="workers load the model first")
     p.add_argument("--drain-s", type=float, default=120.0, help="wait for the last events")
+    p.add_argument(
+        "--hold-wait-s",
+        type=float,
+        default=60.0,
+        help="how long to wait for the worker to hold entries before killing it anyway",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     args = p.parse_args()
     if not Path(args.audio).is_file():
