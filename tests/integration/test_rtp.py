@@ -79,13 +79,11 @@ def test_ffmpeg_sends_the_call(codec: str, tmp_path: Path) -> None:
     pcm = got.audio("ssrc-cafe0001")
     st = src.stats
     assert st["streams_started"] == st["streams_ended"] == 1
-    assert (
-        st["lost"],
-        st["late"],
-        st["duplicate"],
-        st["malformed"],
-        st["unsupported_payload"],
-    ) == (0, 0, 0, 0, 0)
+    assert (st["lost"], st["duplicate"], st["malformed"], st["unsupported_payload"]) == (0, 0, 0, 0)
+    # ffmpeg's 182 ms PCMA packets: its last, 2 ms packet (flushed at end of file) may come
+    # after its media time was already played as silence (the receiver no longer waits for
+    # packets that may never come, #15): counted as late.
+    assert st["late"] <= (1 if codec == "pcma" else 0)
     assert st["rtcp"] >= 1  # sender reports and the BYE on port+1
     # Ended by the BYE, not the 3 s idle timeout.
     assert st["streams_ended_bye"] == 1 and chunks[-1].final

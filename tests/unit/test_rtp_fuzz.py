@@ -171,8 +171,11 @@ def test_over_a_real_socket_garbage_and_good_packets() -> None:
                 s.sendto(good(i), ("127.0.0.1", src.bound_port))
                 s.sendto(b"\x00" * (i % 12), ("127.0.0.1", src.bound_port))
                 s.sendto(b"\x8f\x00" + b"\x00" * 20, ("127.0.0.1", src.bound_port))
-        n = sum([c.pcm.size async for c in src.chunks()])
-        return src.stats, n
+        chunks = [c async for c in src.chunks()]
+        return src.stats, np.concatenate([c.pcm for c in chunks])
 
-    stats, n = asyncio.run(main())
-    assert stats["malformed"] == 60 and stats["packets"] == 30 and n == 30 * 320
+    stats, pcm = asyncio.run(main())
+    assert stats["malformed"] == 60 and stats["packets"] == 30
+    # the good stream's 30 packets, then the silence due until its idle timeout
+    assert np.median(np.abs(pcm[: 30 * 320])) > 30000
+    assert np.all(np.abs(pcm[30 * 320 + 40 :]) < 50) and pcm.size <= 30 * 320 + 0.3 * 16000

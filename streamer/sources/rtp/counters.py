@@ -22,12 +22,25 @@ RECEIVER_COUNTERS = (
     "rtcp",
     "unsupported_payload",
     "rejected_source",
+    "foreign_source",
+    "foreign_bye",
+    "over_source_cap",
     "over_stream_cap",
     "streams_started",
+    "streams_resumed",
+    "streams_unconfirmed",
     "streams_ended",
     "streams_ended_bye",
 )
-_JITTER_COUNTERS = ("late", "lost", "duplicate", "reordered", "buffer_overflow")
+_JITTER_COUNTERS = (
+    "late",
+    "lost",
+    "duplicate",
+    "reordered",
+    "buffer_overflow",
+    "comfort_noise",
+    "telephone_event",
+)
 
 
 class ReceiverCounters:

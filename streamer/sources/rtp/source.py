@@ -9,10 +9,23 @@ buffer releases packets, and only for streams that received something, so the co
 does not grow with the number of streams and a burst never stalls the loop for long.
 
 What a real network does to a call — reordering, loss, duplicates, sequence and timestamp
-wrap-around, a sender that restarts, RTCP on the same port (rtcp-mux, told apart by RFC 5761
-§4) or on port+1, garbage datagrams, strangers sending to the port — is counted in
-:attr:`RtpSource.stats` and never raises. A stream ends on RTCP BYE or after
-``idle_timeout_s`` without packets; its last chunk has ``final=True``.
+wrap-around, a sender that restarts, silence suppression and comfort noise, RTCP on the same
+port (rtcp-mux, told apart by RFC 5761 §4) or on port+1, garbage datagrams, strangers sending
+to the port — is counted in :attr:`RtpSource.stats` and never raises.
+
+Time (issue #15): silence that did not arrive is released when it is due (see
+:mod:`.playout`), so media time keeps moving for the segmenter through DTX gaps and after a
+stream stops. A stream ends on RTCP BYE or after ``idle_timeout_s`` without packets; its last
+chunk has ``final=True``. All streams share one clock, the session's: time 0 is the arrival of
+the first packet of the first stream, and a stream that starts later starts at its own arrival
+on that clock. An SSRC that comes back after its stream ended continues its old clock from its
+RTP timestamps (when they agree with the time that passed), as the same channel and speaker.
+
+Senders (issue #18): the address of an SSRC's first packet owns it (latching, as PBXs do):
+packets and RTCP BYE for that SSRC from elsewhere are dropped and counted (``foreign_source``,
+``foreign_bye``). A new SSRC is on probation until two packets in sequence arrived (RFC 3550
+A.1); one that never confirms is forgotten after :data:`PROBATION_TIMEOUT_S` without ever
+reaching the segmenter, and one address may own at most ``max_streams_per_source`` streams.
 """
 
 from __future__ import annotations
@@ -36,9 +49,10 @@ from emomon.streamer.sources.rtp.packets import (
     parse_ssrc,
     ssrc_channel,
 )
-from emomon.streamer.sources.rtp.stream import QueuedPayload, RtpStream
+from emomon.streamer.sources.rtp.playout import PlayoutClock
+from emomon.streamer.sources.rtp.stream import ClockState, QueuedPayload, RtpStream
 from emomon.streamer.sources.rtp.udp import UdpListener, format_host
-from emomon.streamer.sources.sdp import PayloadFormat, load_sdp, payload_map
+from emomon.streamer.sources.sdp import PayloadFormat, load_sdp, payload_map, undecodable
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
@@ -46,8 +60,10 @@ log = logging.getLogger(__name__)
 CHUNK_MS = 20
 MAX_IDLE_DEFER_S = 1.0  # longest an idle decision waits for a socket backlog to be read
 JITTER_MAX_PACKETS = 512  # per stream: ~10 s of 20 ms packets if the consumer stalls
-# SSRCs whose first-packet time is remembered (resumed streams keep their clock)
-ORIGINS_KEPT = 4096
+ORIGINS_KEPT = 4096  # ended SSRCs whose clock is remembered (resumed streams keep it)
+PROBATION_PACKETS = 2  # RFC 3550 A.1 MIN_SEQUENTIAL: packets in sequence before a stream counts
+PROBATION_TIMEOUT_S = 1.0  # an unconfirmed stream is forgotten this long after its first packet
+RESUME_TOLERANCE_S = 1.0  # a resumed SSRC's timestamps may disagree with wall time this much
 
 
 class RtpSource:
@@ -63,6 +79,7 @@ class RtpSource:
         jitter_ms: int = 60,
         idle_timeout_s: float = 5.0,
         max_streams: int = 64,
+        max_streams_per_source: int = 4,
         allow: Sequence[str] = (),
         payload_types: Mapping[int, str] | None = None,
         ssrc_names: Mapping[str, str] | None = None,
@@ -72,19 +89,34 @@ class RtpSource:
     ) -> None:
         if not 0 <= port <= 65535:
             raise SourceError(f"RTP port {port} is out of range 0..65535")
-        if jitter_ms < 0 or idle_timeout_s <= 0 or max_streams < 1 or chunk_ms < 1:
+        if (
+            jitter_ms < 0
+            or idle_timeout_s <= 0
+            or max_streams < 1
+            or max_streams_per_source < 1
+            or chunk_ms < 1
+        ):
             raise SourceError(
-                "RTP settings: jitter_ms >= 0, idle_timeout_s > 0, max_streams >= 1 required"
+                "RTP settings: jitter_ms >= 0, idle_timeout_s > 0, max_streams >= 1 and "
+                "max_streams_per_source >= 1 required"
             )
         self.host, self.port = host, port
         self.name = f"rtp://{format_host(host)}:{port}"
         self.jitter_s = jitter_ms / 1000.0
         self.idle_timeout_s = idle_timeout_s
         self.max_streams = max_streams
+        self.max_streams_per_source = max_streams_per_source
         self.exit_when_idle_s = exit_when_idle_s
         self.chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
         sdp = load_sdp(sdp_path) if sdp_path else None
         self.formats: dict[int, PayloadFormat] = payload_map(payload_types, sdp)
+        if sdp is not None and (bad := undecodable(sdp.payload_types)):
+            log.warning(
+                "SDP %s offers codecs emomon cannot decode: %s; their packets will be dropped "
+                "and counted (unsupported_payload)",
+                sdp_path,
+                ", ".join(bad),
+            )
         self.rtcp_mux_only = False
         try:
             self._allow = [ipaddress.ip_network(a.strip(), strict=False) for a in allow]
@@ -98,7 +130,12 @@ class RtpSource:
         self._next_scan = 0.0  # when every stream's deadlines (gap, idle, BYE) must be checked
         self._defer_since: float | None = None  # an idle decision waiting for a socket backlog
         self._streams: dict[int, RtpStream] = {}
-        self._origins: OrderedDict[int, float] = OrderedDict()
+        self._clocks: OrderedDict[int, tuple[ClockState, tuple]] = OrderedDict()
+        self._per_source: dict[tuple, int] = {}  # streams owned per sender address
+        self._warned: OrderedDict[int, None] = OrderedDict()  # SSRCs warned about (no stream)
+        self.origin_s: float | None = None  # monotonic time of the session's time 0
+        self._wall_offset_s = time.time() - time.monotonic()
+        self._first_packet_s: float | None = None
         self._byed: OrderedDict[int, float] = OrderedDict()  # ssrc -> ignore stragglers until
         self._allow_cache: dict[str, bool] = {}
         self._counters = ReceiverCounters()
@@ -144,6 +181,11 @@ class RtpSource:
         self._wake()
 
     @property
+    def origin_wall(self) -> float | None:
+        """Wall-clock time (``time.time()``) of session time 0: the first stream's first packet."""
+        return None if self.origin_s is None else self.origin_s + self._wall_offset_s
+
+    @property
     def bound_port(self) -> int:
         """The UDP port RTP arrives on (0 until bound)."""
         return self._udp.bound_port
@@ -176,36 +218,108 @@ class RtpSource:
             return
         self._totals["packets"] += 1
         self._totals["bytes"] += len(data)
+        if self._first_packet_s is None:
+            self._first_packet_s = now
+        sender = tuple(addr[:2])
         stream = self._streams.get(pkt.ssrc)
         fmt = self.formats.get(pkt.payload_type)
         if stream is None:
-            stream = self._admit(pkt, fmt, addr, now)
+            stream = self._admit(pkt, fmt, sender, now)
             if stream is None:
                 return
+        elif sender != stream.source_addr:
+            # Latching: the SSRC belongs to the address that sent its first packet.
+            self._totals["foreign_source"] += 1
+            self._log_malformed(
+                "dropped RTP for %s from %s (the stream is %s's)",
+                stream.channel,
+                addr,
+                stream.source_addr,
+            )
+            return
         c = stream.counters
         c["packets"] += 1
         c["bytes"] += len(data)
         stream.last_arrival_s = now
+        if not stream.confirmed:
+            self._probation(stream, pkt.sequence, now)
         if fmt is None or not fmt.supported:
             c["unsupported_payload"] += 1
+            if not stream.warned:
+                stream.warned = True
+                log.warning(
+                    "RTP stream %s (%s) sends payload type %d, which emomon cannot decode "
+                    "(%s); those packets are dropped and counted as unsupported_payload",
+                    stream.channel,
+                    stream.speaker,
+                    pkt.payload_type,
+                    fmt or "no rtpmap: give --sdp or source.rtp_payload_types",
+                )
             fmt = None
-        if stream.jitter.push(pkt.sequence, QueuedPayload(pkt.timestamp, fmt, pkt.payload), now):
+            ts = stream.playout.extend(pkt.timestamp)
+        elif fmt.encoding == "TELEPHONE-EVENT":
+            ts = stream.playout.extend(pkt.timestamp)
+        else:
+            ts = stream.playout.observe(pkt.timestamp, now, fmt.clock_rate_hz)
+        queued = QueuedPayload(ts, fmt, pkt.payload, now)
+        if stream.jitter.push(pkt.sequence, queued, now) and stream.confirmed:
             self._dirty.add(pkt.ssrc)
             self._wake()
 
+    def _probation(self, stream: RtpStream, seq: int, now: float) -> None:
+        """RFC 3550 A.1: a new source counts after ``PROBATION_PACKETS`` packets in sequence."""
+        if stream.probation_next is None or seq == stream.probation_next:
+            stream.probation_left -= 1
+        else:
+            stream.probation_left = PROBATION_PACKETS - 1
+        stream.probation_next = (seq + 1) & 0xFFFF
+        if stream.probation_left <= 0:
+            self._confirm(stream, now)
+
+    def _confirm(self, stream: RtpStream, now: float) -> None:
+        """The stream is real: place it on the session clock and let it reach the segmenter."""
+        stream.confirmed = True
+        if self.origin_s is None:
+            self.origin_s = stream.first_arrival_s
+        stream.clock_offset_s = stream.first_arrival_s - self.origin_s
+        self._totals["streams_started"] += 1
+        log.info(
+            "RTP stream %s started (%s) from %s", stream.channel, stream.speaker, stream.source_addr
+        )
+        self._dirty.add(stream.ssrc)
+        self._wake()
+
     def _admit(
-        self, pkt: RtpPacket, fmt: PayloadFormat | None, addr: tuple, now: float
+        self, pkt: RtpPacket, fmt: PayloadFormat | None, sender: tuple, now: float
     ) -> RtpStream | None:
         """Start a stream for a packet from an unknown SSRC, or count why it was refused."""
         if fmt is None or not fmt.supported:
             self._totals["unsupported_payload"] += 1
-            self._log_malformed(
-                "dropped RTP with unsupported payload type %d from %s", pkt.payload_type, addr
-            )
+            if pkt.ssrc not in self._warned:
+                self._warned[pkt.ssrc] = None
+                if len(self._warned) > ORIGINS_KEPT:
+                    self._warned.popitem(last=False)
+                log.warning(
+                    "RTP from %s (SSRC %08x) uses payload type %d, which emomon cannot decode "
+                    "(%s); its packets are dropped and counted as unsupported_payload",
+                    sender,
+                    pkt.ssrc,
+                    pkt.payload_type,
+                    fmt or "no rtpmap: give --sdp or source.rtp_payload_types",
+                )
             return None
         until = self._byed.get(pkt.ssrc)
         if until is not None and now < until:
             self._counters.ended_sum["late"] += 1  # a straggler after BYE
+            return None
+        if self._per_source.get(sender, 0) >= self.max_streams_per_source:
+            self._totals["over_source_cap"] += 1
+            self._log_malformed(
+                "dropped RTP from new SSRC %08x: %s already owns %d streams",
+                pkt.ssrc,
+                sender,
+                self.max_streams_per_source,
+            )
             return None
         if len(self._streams) >= self.max_streams:
             self._totals["over_stream_cap"] += 1
@@ -213,7 +327,7 @@ class RtpSource:
                 "dropped RTP from new SSRC %08x: %d streams active", pkt.ssrc, self.max_streams
             )
             return None
-        return self._new_stream(pkt.ssrc, now)
+        return self._new_stream(pkt, sender, now)
 
     def _on_rtcp(self, data: bytes, addr: tuple, now: float) -> None:
         try:
@@ -225,11 +339,27 @@ class RtpSource:
         self._totals["rtcp"] += 1
         for ssrc in byes:
             stream = self._streams.get(ssrc)
-            if stream is not None and stream.bye_at_s is None:
-                stream.bye_at_s = now
-                log.info("RTCP BYE from %s (%s)", stream.channel, stream.speaker)
-                self._dirty.add(ssrc)
-                self._wake()
+            if stream is None or stream.bye_at_s is not None:
+                continue
+            if not self._same_sender(stream, tuple(addr[:2])):
+                self._totals["foreign_bye"] += 1
+                log.warning(
+                    "ignored RTCP BYE for %s from %s: the stream's sender is %s",
+                    stream.channel,
+                    addr,
+                    stream.source_addr,
+                )
+                continue
+            stream.bye_at_s = now
+            log.info("RTCP BYE from %s (%s)", stream.channel, stream.speaker)
+            self._dirty.add(ssrc)
+            self._wake()
+
+    @staticmethod
+    def _same_sender(stream: RtpStream, sender: tuple) -> bool:
+        """RTCP comes from the RTP address itself (rtcp-mux) or its port + 1 (RFC 3550 §11)."""
+        host, port = stream.source_addr
+        return len(sender) == 2 and sender[0] == host and sender[1] in (port, port + 1)
 
     def _allowed(self, host: str) -> bool:
         ok = self._allow_cache.get(host)
@@ -246,29 +376,40 @@ class RtpSource:
             self._allow_cache[host] = ok
         return ok
 
-    def _new_stream(self, ssrc: int, now: float) -> RtpStream:
-        origin = self._origins.get(ssrc)
-        if origin is None:
-            origin = now
-            self._origins[ssrc] = now
-            if len(self._origins) > ORIGINS_KEPT:
-                self._origins.popitem(last=False)
-        channel = ssrc_channel(ssrc)
+    def _new_stream(self, pkt: RtpPacket, sender: tuple, now: float) -> RtpStream:
+        channel = ssrc_channel(pkt.ssrc)
         stream = RtpStream(
-            ssrc=ssrc,
+            ssrc=pkt.ssrc,
             channel=channel,
-            speaker=self._names.get(ssrc, channel),
-            clock_offset_s=now - origin,
+            speaker=self._names.get(pkt.ssrc, channel),
+            clock_offset_s=0.0,
             first_arrival_s=now,
             jitter=JitterBuffer(self.jitter_s, JITTER_MAX_PACKETS),
             chunk_samples=self.chunk_samples,
             max_clock_jump_s=self.idle_timeout_s + 1.0,
             log_dropped=self._log_malformed,
             last_arrival_s=now,
+            source_addr=sender,
+            wall_offset_s=self._wall_offset_s,
+            probation_left=PROBATION_PACKETS,
+            playout=PlayoutClock(8000, self.idle_timeout_s + 1.0),
         )
-        self._streams[ssrc] = stream
-        self._totals["streams_started"] += 1
-        log.info("RTP stream %s started (%s)", channel, stream.speaker)
+        self._streams[pkt.ssrc] = stream
+        self._per_source[sender] = self._per_source.get(sender, 0) + 1
+        prev = self._clocks.get(pkt.ssrc)
+        if prev is not None and prev[1] == sender and self.origin_s is not None:
+            # The same sender resumes: same channel, speaker and clock, no probation.
+            stream.confirmed = True
+            t = prev[0].session_time(pkt.timestamp, now, RESUME_TOLERANCE_S)
+            stream.clock_offset_s = t if t is not None else max(prev[0].end_s, now - self.origin_s)
+            self._totals["streams_started"] += 1
+            self._totals["streams_resumed"] += 1
+            log.info(
+                "RTP stream %s resumed (%s) at %.3f s",
+                channel,
+                stream.speaker,
+                stream.clock_offset_s,
+            )
         return stream
 
     def _wake(self) -> None:
@@ -290,23 +431,37 @@ class RtpSource:
             while True:
                 now = time.monotonic()
                 # Only streams with new packets need work, except when some stream's deadline
-                # (a gap's window, the idle timeout, a BYE's grace) is due: then look at all.
-                # This keeps the cost per packet flat in the number of streams.
+                # (a gap's window, silence due, the idle timeout, a BYE's grace) is due: then
+                # look at all. This keeps the cost per packet flat in the number of streams.
                 full_scan = now >= self._next_scan
                 ssrcs = list(self._streams) if full_scan else list(self._dirty)
                 self._dirty.clear()
                 next_scan = now + 0.5 if full_scan else self._next_scan
                 ending: list[RtpStream] = []
+                # Silence is due only when no datagram waits in the kernel (a busy loop must
+                # not turn packets it has not read yet into silence).
+                fill: float | None | bool = False if self._closing else None
                 for ssrc in ssrcs:
                     stream = self._streams.get(ssrc)
                     if stream is None:
                         continue
-                    for chunk in stream.drain(now):
+                    if not stream.confirmed:
+                        if now - stream.first_arrival_s >= PROBATION_TIMEOUT_S:
+                            self._forget(stream)
+                        else:
+                            next_scan = min(next_scan, stream.first_arrival_s + PROBATION_TIMEOUT_S)
+                        continue
+                    if fill is None:
+                        fill = self.jitter_s if not self._udp.has_unread() else False
+                    window = fill if isinstance(fill, float) else None
+                    for chunk in stream.drain(now, fill_s=window):
                         yield chunk
                     if self._should_end(stream, now):
                         ending.append(stream)
                     else:
                         next_scan = min(next_scan, self._deadline(stream))
+                if fill is False and not self._closing:
+                    next_scan = min(next_scan, now + 0.005)  # read the backlog, then fill
                 self._next_scan = next_scan
                 if ending and self._should_defer(now):
                     # What looks idle may have packets waiting in the socket (the loop was busy:
@@ -319,14 +474,13 @@ class RtpSource:
                         yield chunk
                 if self._closing:
                     for stream in list(self._streams.values()):
+                        if not stream.confirmed:
+                            self._forget(stream)
+                            continue
                         for chunk in self._finish(stream, time.monotonic()):
                             yield chunk
                     return
-                if (
-                    self.exit_when_idle_s is not None
-                    and not self._streams
-                    and now - self._last_activity >= self.exit_when_idle_s
-                ):
+                if self._idle_exit_due(now):
                     if self._should_defer(now):
                         await asyncio.sleep(0.001)
                         continue
@@ -334,6 +488,16 @@ class RtpSource:
                 await self._sleep_until_needed(loop)
         finally:
             self._consuming = False
+
+    def _idle_exit_due(self, now: float) -> bool:
+        """``exit_when_idle_s`` counts from the first packet: a run started before its sender
+        waits for it (issue #15)."""
+        return (
+            self.exit_when_idle_s is not None
+            and self._first_packet_s is not None
+            and not self._streams
+            and now - self._last_activity >= self.exit_when_idle_s
+        )
 
     def _should_defer(self, now: float) -> bool:
         """Hold an idle decision while unread datagrams wait in the kernel, for at most ~1 s (a
@@ -352,13 +516,13 @@ class RtpSource:
 
     def _deadline(self, stream: RtpStream) -> float:
         """The next time this stream needs the consumer without a new packet arriving."""
-        deadline = stream.last_arrival_s + self.idle_timeout_s
-        jitter_deadline = stream.jitter.next_deadline()
-        if jitter_deadline is not None:
-            deadline = min(deadline, jitter_deadline)
-        if stream.bye_at_s is not None:
-            deadline = min(deadline, stream.bye_at_s + self.jitter_s)
-        return deadline
+        deadlines = [
+            stream.last_arrival_s + self.idle_timeout_s,
+            stream.jitter.next_deadline(),
+            stream.fill_deadline(self.jitter_s),
+            None if stream.bye_at_s is None else stream.bye_at_s + self.jitter_s,
+        ]
+        return min(d for d in deadlines if d is not None)
 
     async def _sleep_until_needed(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for a packet (:meth:`_wake`) or the next deadline, whichever comes first."""
@@ -377,19 +541,46 @@ class RtpSource:
         if self._dirty or self._closing:
             return 0.0
         deadline = self._next_scan
-        if self.exit_when_idle_s is not None and not self._streams:
+        if (
+            self.exit_when_idle_s is not None
+            and not self._streams
+            and self._first_packet_s is not None
+        ):
             deadline = min(deadline, self._last_activity + self.exit_when_idle_s)
         return max(0.0, deadline - now)
+
+    def _forget(self, stream: RtpStream) -> None:
+        """Drop a stream that never passed probation: nothing of it reached the segmenter."""
+        self._streams.pop(stream.ssrc, None)
+        self._release_source(stream)
+        self._totals["streams_unconfirmed"] += 1
+        self._log_malformed(
+            "forgot unconfirmed RTP stream %s from %s", stream.channel, stream.source_addr
+        )
+
+    def _release_source(self, stream: RtpStream) -> None:
+        n = self._per_source.get(stream.source_addr, 0) - 1
+        if n > 0:
+            self._per_source[stream.source_addr] = n
+        else:
+            self._per_source.pop(stream.source_addr, None)
 
     def _finish(self, stream: RtpStream, now: float) -> list[AudioChunk]:
         """End a stream: its last chunks (the final one flagged), then its bookkeeping."""
         out = stream.finish(now)
         self._streams.pop(stream.ssrc, None)
+        self._release_source(stream)
         byed = stream.bye_at_s is not None
         if byed:
             self._byed[stream.ssrc] = now + max(1.0, 4 * self.jitter_s)
             if len(self._byed) > ORIGINS_KEPT:
                 self._byed.popitem(last=False)
+        clock = stream.clock_state(now)
+        if clock is not None and not byed:
+            self._clocks[stream.ssrc] = (clock, stream.source_addr)
+            self._clocks.move_to_end(stream.ssrc)
+            if len(self._clocks) > ORIGINS_KEPT:
+                self._clocks.popitem(last=False)
         st = self._counters.stream_ended(stream, byed=byed)
         log.info("RTP stream %s ended (%s): %s", stream.channel, "BYE" if byed else "idle", st)
         return out
