@@ -212,6 +212,7 @@ async def utterances(
 
     task = asyncio.create_task(front(), name="speech")
     seq = 0
+    live = bool(getattr(source, "realtime", True))
     try:
         while (item := await ready.get()) is not None:
             seg, who, provisional, spk_s, asr = item
@@ -234,6 +235,8 @@ async def utterances(
                 language=tr.language,
                 asr_confidence=tr.confidence,
                 speaker_provisional=provisional,
+                origin_wall=getattr(source, "origin_wall", None),
+                live=live,
                 # end of speech -> segment closed (VAD hang-over or turn-change detection, plus
                 # any time the audio waited in a backlog), then the stages that followed.
                 timings={

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from emomon.services.commands.common import (
     CliError,
@@ -17,6 +19,7 @@ from emomon.services.commands.common import (
     setup_logging,
 )
 from emomon.services.commands.flags import (
+    METRICS,
     MODEL,
     MQTT,
     RTP,
@@ -30,10 +33,14 @@ from emomon.services.commands.flags import (
     overrides,
 )
 from emomon.services.commands.sessions import open_sources
+from emomon.services.metrics import Metrics, MetricsServer
 from emomon.services.publish.base import Sink
 from emomon.services.settings import Settings
 from emomon.services.signals import install_stop_handlers
 from emomon.streamer.sources.base import AudioSource
+
+if TYPE_CHECKING:
+    from emomon.services.pipeline import Pipeline, PipelineStats
 
 log = logging.getLogger("emomon.run")
 
@@ -49,7 +56,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="file:PATH | mic[:DEVICE] | rtp://HOST:PORT (repeatable: one session each)",
     )
-    add_flags(p, SESSION, RTP, *PIPELINE_FLAGS)
+    add_flags(p, SESSION, RTP, *PIPELINE_FLAGS, METRICS)
     add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -62,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(
             "no source given: use --source file:PATH, --source mic or --source rtp://HOST:PORT"
         )
-    settings = settings_from_args(args, overrides(args, SESSION, RTP, *PIPELINE_FLAGS))
+    settings = settings_from_args(args, overrides(args, SESSION, RTP, *PIPELINE_FLAGS, METRICS))
     setup_logging(settings.log_level)
     return run_sessions(settings, args.source)
 
@@ -78,14 +85,58 @@ def run_sessions(
         stats = asyncio.run(_run(settings, sessions, extra_sinks))
     except pipeline_errors() as e:
         raise CliError(str(e)) from e
+    except OSError as e:  # the metrics port taken, say: one line, not a traceback
+        raise CliError(f"cannot start: {e.strerror or e}") from e
     if stats is None:
         return 130
+    for line in summary_lines(stats, sessions):
+        print(line, file=sys.stderr)
     print(
         f"emomon: {stats.events} events from {stats.utterances} utterances "
         f"({len(sessions)} session{'s' if len(sessions) != 1 else ''})",
         file=sys.stderr,
     )
     return 0
+
+
+#: RTP counters in the end-of-run summary, in this order (issue #15)
+SUMMARY_RTP = (
+    "packets",
+    "lost",
+    "late",
+    "duplicate",
+    "reordered",
+    "unsupported_payload",
+    "comfort_noise",
+    "foreign_source",
+    "foreign_bye",
+    "streams_started",
+    "streams_resumed",
+)
+
+
+def summary_lines(stats: PipelineStats, sessions: Sequence[tuple[str, AudioSource]]) -> list[str]:
+    """One line per session: its events and utterances, and what its RTP receiver counted."""
+    lines = []
+    for sid, src in sessions:
+        per = stats.by_session.get(sid, {})
+        line = f"emomon: session {sid}: {per.get('events', 0)} events from {per.get('utterances', 0)} utterances"
+        rtp = getattr(src, "stats", None)
+        if isinstance(rtp, dict):
+            line += "; RTP " + ", ".join(f"{k} {rtp.get(k, 0)}" for k in SUMMARY_RTP)
+        lines.append(line)
+    return lines
+
+
+def ready_line(sessions: Sequence[tuple[str, AudioSource]], sinks: Sequence[Sink]) -> str:
+    """The line to wait for before sending audio: models are warm and every source is open."""
+    names = ", ".join(f"{src.name} (session {sid})" for sid, src in sessions)
+    line = f"emomon: ready: {names}"
+    for sink in sinks:
+        describe = getattr(sink, "describe", None)
+        if describe is not None:
+            line += f"; {describe()}"
+    return line
 
 
 async def _run(
@@ -105,8 +156,29 @@ async def _run(
                 update={"mqtt": settings.mqtt.model_copy(update={"url": url})}
             )
         sinks = [*build_sinks(settings, [s for s, _ in sessions]), *extra_sinks]
-        pipeline = Pipeline(settings, sinks)
+        metrics = Metrics()
+        pipeline = Pipeline(settings, sinks, metrics=metrics)
         stack.callback(pipeline.close)
+        if settings.metrics.port is not None:
+            server = MetricsServer(
+                metrics,
+                functools.partial(run_health, pipeline, sessions),
+                host=settings.metrics.host,
+                port=settings.metrics.port,
+            )
+            port = await server.start()
+            stack.push_async_callback(server.close)
+            print(
+                f"emomon: metrics and health on http://{settings.metrics.host}:{port}/metrics "
+                "and /healthz",
+                file=sys.stderr,
+            )
+
+        def on_ready() -> None:
+            line = ready_line(sessions, sinks)
+            log.info("%s", line)
+            print(line, file=sys.stderr, flush=True)
+
         stop = asyncio.Event()
         install_stop_handlers(
             stop,
@@ -117,7 +189,18 @@ async def _run(
             ),
         )
         try:
-            return await pipeline.run(sessions, stop)
+            return await pipeline.run(sessions, stop, on_ready=on_ready)
         except asyncio.CancelledError:
             print("emomon: forced stop; in-flight utterances were abandoned", file=sys.stderr)
             return None
+
+
+def run_health(
+    pipeline: Pipeline, sessions: Sequence[tuple[str, AudioSource]]
+) -> tuple[bool, dict[str, Any]]:
+    """``/healthz`` of ``emomon run``: unhealthy until ready (models warm, sources open)."""
+    detail: dict[str, Any] = {"ready": pipeline.ready, "events": pipeline.stats.events}
+    rtp = {sid: src.stats for sid, src in sessions if isinstance(getattr(src, "stats", None), dict)}
+    if rtp:
+        detail["rtp"] = rtp
+    return pipeline.ready, detail

@@ -70,6 +70,7 @@ class RtpSource:
     """Receive RTP audio on ``host:port``; yield 16 kHz chunks per SSRC (see module docstring)."""
 
     multi_speaker_channels = False  # one SSRC = one participant
+    realtime = True  # chunks' wall_end are arrival times
 
     def __init__(
         self,
@@ -161,6 +162,15 @@ class RtpSource:
         self.name = f"rtp://{format_host(self.host)}:{self.bound_port}"
         self._last_activity = time.monotonic()
         log.info("listening for RTP on %s", self.name)
+
+    def check_port(self) -> None:
+        """Bind and release the port at once: a busy or invalid address fails in a second, before
+        models load, while the packets of a sender that starts early are refused rather than
+        queued behind the warm-up (issue #15: :meth:`start` binds for real once ready)."""
+        if self._udp.bound:
+            return
+        self._udp.bind()
+        self._udp.close()
 
     async def start(self) -> None:
         """Bind (unless :meth:`bind` was called) and start reading on the running loop. Idempotent."""

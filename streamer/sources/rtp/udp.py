@@ -55,6 +55,11 @@ class UdpListener:
         """Bind the RTP socket (or raise :class:`SourceError`), then try port+1 for RTCP."""
         try:
             sock = bind_udp(self.host, self.port)
+        except socket.gaierror as e:
+            raise SourceError(
+                f"cannot listen for RTP on {self.host}:{self.port}: {e.strerror or e} "
+                "(use an address of this machine, e.g. 0.0.0.0, 127.0.0.1 or ::)"
+            ) from e
         except OSError as e:
             raise SourceError(
                 f"cannot listen for RTP on {self.host}:{self.port}: {e.strerror or e} "
