@@ -331,13 +331,22 @@ class RtpSource:
                 self.max_streams_per_source,
             )
             return None
-        if len(self._streams) >= self.max_streams:
+        if len(self._streams) >= self.max_streams and not self._evict_unconfirmed():
             self._totals["over_stream_cap"] += 1
             self._log_malformed(
                 "dropped RTP from new SSRC %08x: %d streams active", pkt.ssrc, self.max_streams
             )
             return None
         return self._new_stream(pkt, sender, now)
+
+    def _evict_unconfirmed(self) -> bool:
+        """Make room by forgetting the oldest stream still on probation: a flood of one-packet
+        SSRCs must not keep a real caller out (issue #18)."""
+        waiting = [st for st in self._streams.values() if not st.confirmed]
+        if not waiting:
+            return False
+        self._forget(min(waiting, key=lambda st: st.first_arrival_s))
+        return True
 
     def _on_rtcp(self, data: bytes, addr: tuple, now: float) -> None:
         try:
