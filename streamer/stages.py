@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -199,11 +200,18 @@ async def utterances(
     Item = tuple[SpeechSegment, str, bool, float, "asyncio.Future[Transcript]"]
     ready: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=64)
 
+    # A source that knows when each stretch of audio arrived (RTP: per packet) dates the end of
+    # speech by it, not by interpolating the clock of the last chunk, which may be silence
+    # released after the speech (issue #15).
+    arrival_of = getattr(source, "arrival_of", None)
+
     async def front() -> None:
         try:
             async for seg, who, provisional, spk_s in speech(
                 source.chunks(), segmenter, speakers, stats
             ):
+                if arrival_of is not None and (at := arrival_of(seg.channel, seg.end_s)):
+                    seg = dataclasses.replace(seg, end_wall=at)
                 audio = seg.pcm.astype("float32") / 32768.0
                 asr = asyncio.ensure_future(transcriber.transcribe(audio))
                 await ready.put((seg, who, provisional, spk_s, asr))

@@ -290,6 +290,10 @@ class DtxRelay(asyncio.DatagramProtocol):
     sequence numbers), the first packet of a talkspurt gets the marker bit, and with ``cn`` a
     comfort-noise packet (PT 13, RFC 3389) opens each silence. RTCP goes through the RTP
     socket (rtcp-mux). Every packet sent is logged: ``(wall time, sequence, timestamp, PT)``.
+
+    ``pace_s``: send each packet at its media time plus this delay, 20 ms apart as a phone
+    does, instead of in ffmpeg's 128 ms bursts (ffmpeg ``-re`` sends ahead of time, so a small
+    delay is enough to have every packet in hand when its time comes).
     """
 
     def __init__(
@@ -299,8 +303,11 @@ class DtxRelay(asyncio.DatagramProtocol):
         silences: Sequence[tuple[float, float]],
         *,
         cn: bool = True,
+        pace_s: float | None = None,
     ) -> None:
         self.target, self.clock_hz, self.silences, self.cn = target, clock_hz, silences, cn
+        self.pace_s = pace_s
+        self._t0: float | None = None
         self.sent: list[tuple[float, int, int, int]] = []
         self.suppressed = 0
         self.cn_sent = 0
@@ -321,12 +328,24 @@ class DtxRelay(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
         if is_rtcp(data):
             self.rtcp += 1
-            self._send(data)
+            if self.pace_s is None:
+                self._send(data)
+            else:  # after the audio it follows
+                asyncio.get_running_loop().call_later(self.pace_s + 0.1, self._send, data)
             return
         seq, ts = int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:8], "big")
         if self._ts0 is None:
-            self._ts0, self._seq = ts, seq
+            self._ts0, self._seq, self._t0 = ts, seq, time.monotonic()
         t = ((ts - self._ts0) % (1 << 32)) / self.clock_hz
+        if self.pace_s is not None:
+            assert self._t0 is not None
+            loop = asyncio.get_running_loop()
+            delay = self._t0 + self.pace_s + t - time.monotonic()
+            loop.call_later(max(0.0, delay), self._relay, data, ts, t)
+            return
+        self._relay(data, ts, t)
+
+    def _relay(self, data: bytes, ts: int, t: float) -> None:
         if any(a <= t < b for a, b in self.silences):
             if not self._silent and self.cn:
                 self._out(bytes([0x80, 13]) + data[2:12] + bytes([60]), ts, 13)  # -60 dBov

@@ -69,9 +69,15 @@ DECODERS: dict[str, Callable[[PayloadFormat], PayloadDecoder]] = {
 }
 
 
+def preload() -> None:
+    """Import PyAV now (seconds on a busy machine): at start-up, not on the event loop when the
+    first G.722 or Opus packet arrives, where it would stall every stream."""
+    import av  # noqa: F401
+
+
 def make_decoder(fmt: PayloadFormat) -> PayloadDecoder:
     """A fresh decoder for ``fmt`` (``KeyError`` when the encoding is not audio emomon decodes)."""
     return DECODERS[fmt.encoding](fmt)
 
 
-__all__ = ["DECODERS", "AvDecoder", "PayloadDecoder", "make_decoder"]
+__all__ = ["DECODERS", "AvDecoder", "PayloadDecoder", "make_decoder", "preload"]

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 from emomon.streamer.sources.base import AudioChunk, SourceError
 from emomon.streamer.sources.jitter import JitterBuffer
+from emomon.streamer.sources.rtp import codecs
 from emomon.streamer.sources.rtp.counters import RateLimitedLog, ReceiverCounters
 from emomon.streamer.sources.rtp.packets import (
     RtpPacket,
@@ -111,6 +112,7 @@ class RtpSource:
         self.chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
         sdp = load_sdp(sdp_path) if sdp_path else None
         self.formats: dict[int, PayloadFormat] = payload_map(payload_types, sdp)
+        codecs.preload()  # PT 9 (G.722) is always mapped
         if sdp is not None and (bad := undecodable(sdp.payload_types)):
             log.warning(
                 "SDP %s offers codecs emomon cannot decode: %s; their packets will be dropped "
@@ -131,6 +133,7 @@ class RtpSource:
         self._next_scan = 0.0  # when every stream's deadlines (gap, idle, BYE) must be checked
         self._defer_since: float | None = None  # an idle decision waiting for a socket backlog
         self._streams: dict[int, RtpStream] = {}
+        self._by_channel: OrderedDict[str, RtpStream] = OrderedDict()  # incl. recently ended
         self._clocks: OrderedDict[int, tuple[ClockState, tuple]] = OrderedDict()
         self._per_source: dict[tuple, int] = {}  # streams owned per sender address
         self._warned: OrderedDict[int, None] = OrderedDict()  # SSRCs warned about (no stream)
@@ -195,6 +198,14 @@ class RtpSource:
         """Wall-clock time (``time.time()``) of session time 0: the first stream's first packet."""
         return None if self.origin_s is None else self.origin_s + self._wall_offset_s
 
+    def arrival_of(self, channel: str, t_s: float) -> float | None:
+        """Wall-clock time (``time.time()``) at which the audio of ``channel`` at session time
+        ``t_s`` arrived — for a time in silence, the arrival of the last speech before it — or
+        None when unknown. Latency is measured from it (issue #15)."""
+        stream = self._by_channel.get(channel)
+        arrival = stream.arrival_of(t_s) if stream is not None else None
+        return None if arrival is None else arrival + self._wall_offset_s
+
     @property
     def bound_port(self) -> int:
         """The UDP port RTP arrives on (0 until bound)."""
@@ -206,13 +217,19 @@ class RtpSource:
         return self._udp.rtcp_port
 
     # -- receive path (datagram handler: parse + push, nothing heavier) --------------------------
-    def _on_datagram(self, data: bytes, addr: tuple, rtcp_port: bool) -> None:
-        self.feed_datagram(data, addr, rtcp_port=rtcp_port)
+    def _on_datagram(self, data: bytes, addr: tuple, rtcp_port: bool, wall: float | None) -> None:
+        arrival = None
+        if wall is not None:  # the kernel's receive time, on this source's monotonic clock
+            arrival = min(time.monotonic(), wall - self._wall_offset_s)
+        self.feed_datagram(data, addr, rtcp_port=rtcp_port, arrival_s=arrival)
 
-    def feed_datagram(self, data: bytes, addr: tuple, *, rtcp_port: bool = False) -> None:
+    def feed_datagram(
+        self, data: bytes, addr: tuple, *, rtcp_port: bool = False, arrival_s: float | None = None
+    ) -> None:
         """Handle one datagram as if it arrived on the socket (the protocol calls this; so can
-        tests and replays of captured traffic). Never raises for any content of ``data``."""
-        now = time.monotonic()
+        tests and replays of captured traffic). ``arrival_s`` (``time.monotonic()``) is when it
+        arrived, if known (kernel timestamps); else now. Never raises for any content."""
+        now = time.monotonic() if arrival_s is None else arrival_s
         self._last_activity = now
         if self._allow and not self._allowed(addr[0] if addr else ""):
             self._totals["rejected_source"] += 1
@@ -415,6 +432,10 @@ class RtpSource:
         )
         self._streams[pkt.ssrc] = stream
         self._per_source[sender] = self._per_source.get(sender, 0) + 1
+        self._by_channel[channel] = stream
+        self._by_channel.move_to_end(channel)
+        if len(self._by_channel) > 2 * self.max_streams:
+            self._by_channel.popitem(last=False)
         prev = self._clocks.get(pkt.ssrc)
         if prev is not None and prev[1] == sender and self.origin_s is not None:
             # The same sender resumes: same channel, speaker and clock, no probation.
@@ -480,7 +501,8 @@ class RtpSource:
                     else:
                         next_scan = min(next_scan, self._deadline(stream))
                 if fill is False and not self._closing:
-                    next_scan = min(next_scan, now + 0.005)  # read the backlog, then fill
+                    # datagrams wait in the socket: let the loop read them, then look again
+                    next_scan = now + 0.001
                 self._next_scan = next_scan
                 if ending and self._should_defer(now):
                     # What looks idle may have packets waiting in the socket (the loop was busy:
@@ -547,6 +569,7 @@ class RtpSource:
         """Wait for a packet (:meth:`_wake`) or the next deadline, whichever comes first."""
         timeout = self._next_wakeup(time.monotonic())
         if timeout <= 0:
+            await asyncio.sleep(0)  # never spin: the socket readers run on this loop too
             return
         self._waiter = loop.create_future()
         handle = loop.call_later(timeout, self._wake)

@@ -16,6 +16,7 @@ is measured from arrival.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from emomon.streamer.sources.rtp.codecs import PayloadDecoder, make_decoder
 from emomon.streamer.sources.rtp.playout import PlayoutClock
 from emomon.streamer.sources.sdp import PayloadFormat
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
+
+ARRIVALS_KEPT = 1500  # per stream: ~30 s of 20 ms packets of speech (see RtpStream.arrivals)
 
 STREAM_COUNTERS = (
     "packets",
@@ -113,6 +116,10 @@ class RtpStream:
     segment_samples_out: int = 0  # 16 kHz samples emitted in this segment
     last_piece_arrival_s: float = 0.0
     emitted_any: bool = False
+    # (session time where a decoded packet's audio starts, its arrival): when speech arrived
+    arrivals: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=ARRIVALS_KEPT)
+    )
 
     def stats(self) -> dict[str, int]:
         """This stream's counters, the jitter buffer's included."""
@@ -204,7 +211,19 @@ class RtpStream:
                 return
             pcm = pcm[-gap:]  # overlaps audio already played: keep only the new part
         if pcm.size:
+            assert self.resampler is not None
+            start = self.segment_start_s + self.segment_samples_in / self.resampler.in_rate
+            self.arrivals.append((self.clock_offset_s + start, queued.arrival_s))
             self._feed(pcm, queued.arrival_s, pieces)
+
+    def arrival_of(self, t_s: float) -> float | None:
+        """When the audio at session time ``t_s`` arrived (monotonic): the arrival of the packet
+        holding it, or for a time in silence, of the last packet before it (all speech up to
+        ``t_s`` was here then). None when it is older than what is kept."""
+        for start, arrival in reversed(self.arrivals):
+            if start <= t_s + 1e-9:
+                return arrival
+        return None
 
     def _place(self, ts: int, arrival_s: float, pieces: Pieces) -> int:
         """Move the timeline to timestamp ``ts``: silence for a gap, a new segment for a jump.
