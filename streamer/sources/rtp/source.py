@@ -34,24 +34,20 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from emomon.streamer.sources.base import AudioChunk, SourceError
-from emomon.streamer.sources.jitter import JitterBuffer
 from emomon.streamer.sources.rtp import codecs
 from emomon.streamer.sources.rtp.counters import RateLimitedLog, ReceiverCounters
 from emomon.streamer.sources.rtp.packets import (
-    RtpPacket,
     RtpParseError,
     is_rtcp,
     parse_rtcp_bye,
     parse_rtp,
     parse_ssrc,
-    ssrc_channel,
 )
-from emomon.streamer.sources.rtp.playout import PlayoutClock
-from emomon.streamer.sources.rtp.stream import ClockState, QueuedPayload, RtpStream
+from emomon.streamer.sources.rtp.stream import QueuedPayload, RtpStream
+from emomon.streamer.sources.rtp.streams import PROBATION_TIMEOUT_S, StreamLimits, StreamTable
 from emomon.streamer.sources.rtp.udp import UdpListener, format_host
 from emomon.streamer.sources.sdp import PayloadFormat, load_sdp, payload_map, undecodable
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
@@ -60,11 +56,6 @@ log = logging.getLogger(__name__)
 
 CHUNK_MS = 20
 MAX_IDLE_DEFER_S = 1.0  # longest an idle decision waits for a socket backlog to be read
-JITTER_MAX_PACKETS = 512  # per stream: ~10 s of 20 ms packets if the consumer stalls
-ORIGINS_KEPT = 4096  # ended SSRCs whose clock is remembered (resumed streams keep it)
-PROBATION_PACKETS = 2  # RFC 3550 A.1 MIN_SEQUENTIAL: packets in sequence before a stream counts
-PROBATION_TIMEOUT_S = 1.0  # an unconfirmed stream is forgotten this long after its first packet
-RESUME_TOLERANCE_S = 1.0  # a resumed SSRC's timestamps may disagree with wall time this much
 
 
 class RtpSource:
@@ -132,24 +123,24 @@ class RtpSource:
         self._dirty: set[int] = set()  # SSRCs with new packets since the consumer last looked
         self._next_scan = 0.0  # when every stream's deadlines (gap, idle, BYE) must be checked
         self._defer_since: float | None = None  # an idle decision waiting for a socket backlog
-        self._streams: dict[int, RtpStream] = {}
-        self._by_channel: OrderedDict[str, RtpStream] = OrderedDict()  # incl. recently ended
-        self._clocks: OrderedDict[int, tuple[ClockState, tuple]] = OrderedDict()
-        self._per_source: dict[tuple, int] = {}  # streams owned per sender address
-        self._warned: OrderedDict[int, None] = OrderedDict()  # SSRCs warned about (no stream)
-        self.origin_s: float | None = None  # monotonic time of the session's time 0
         self._wall_offset_s = time.time() - time.monotonic()
         self._first_packet_s: float | None = None
-        self._byed: OrderedDict[int, float] = OrderedDict()  # ssrc -> ignore stragglers until
         self._allow_cache: dict[str, bool] = {}
         self._counters = ReceiverCounters()
         self._totals = self._counters.totals
+        self._log_malformed = RateLimitedLog(log)
+        limits = StreamLimits(
+            self.jitter_s, idle_timeout_s, max_streams, max_streams_per_source, self.chunk_samples
+        )
+        self._table = StreamTable(
+            limits, self._counters, self._names, self._wall_offset_s, self._log_malformed
+        )
+        self._streams = self._table.streams  # active streams by SSRC
         self._started = False
         self._closing = False
         self._consuming = False
         self._waiter: asyncio.Future[None] | None = None
         self._last_activity = time.monotonic()
-        self._log_malformed = RateLimitedLog(log)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -196,15 +187,14 @@ class RtpSource:
     @property
     def origin_wall(self) -> float | None:
         """Wall-clock time (``time.time()``) of session time 0: the first stream's first packet."""
-        return None if self.origin_s is None else self.origin_s + self._wall_offset_s
+        origin = self._table.origin_s
+        return None if origin is None else origin + self._wall_offset_s
 
     def arrival_of(self, channel: str, t_s: float) -> float | None:
         """Wall-clock time (``time.time()``) at which the audio of ``channel`` at session time
         ``t_s`` arrived — for a time in silence, the arrival of the last speech before it — or
         None when unknown. Latency is measured from it (issue #15)."""
-        stream = self._by_channel.get(channel)
-        arrival = stream.arrival_of(t_s) if stream is not None else None
-        return None if arrival is None else arrival + self._wall_offset_s
+        return self._table.arrival_of(channel, t_s)
 
     @property
     def bound_port(self) -> int:
@@ -251,7 +241,7 @@ class RtpSource:
         stream = self._streams.get(pkt.ssrc)
         fmt = self.formats.get(pkt.payload_type)
         if stream is None:
-            stream = self._admit(pkt, fmt, sender, now)
+            stream = self._table.admit(pkt, fmt, sender, now)
             if stream is None:
                 return
         elif sender != stream.source_addr:
@@ -268,8 +258,9 @@ class RtpSource:
         c["packets"] += 1
         c["bytes"] += len(data)
         stream.last_arrival_s = now
-        if not stream.confirmed:
-            self._probation(stream, pkt.sequence, now)
+        if not stream.confirmed and self._table.probation(stream, pkt.sequence):
+            self._dirty.add(stream.ssrc)  # confirmed: what it buffered can go
+            self._wake()
         if fmt is None or not fmt.supported:
             c["unsupported_payload"] += 1
             if not stream.warned:
@@ -293,78 +284,6 @@ class RtpSource:
             self._dirty.add(pkt.ssrc)
             self._wake()
 
-    def _probation(self, stream: RtpStream, seq: int, now: float) -> None:
-        """RFC 3550 A.1: a new source counts after ``PROBATION_PACKETS`` packets in sequence."""
-        if stream.probation_next is None or seq == stream.probation_next:
-            stream.probation_left -= 1
-        else:
-            stream.probation_left = PROBATION_PACKETS - 1
-        stream.probation_next = (seq + 1) & 0xFFFF
-        if stream.probation_left <= 0:
-            self._confirm(stream, now)
-
-    def _confirm(self, stream: RtpStream, now: float) -> None:
-        """The stream is real: place it on the session clock and let it reach the segmenter."""
-        stream.confirmed = True
-        if self.origin_s is None:
-            self.origin_s = stream.first_arrival_s
-        stream.clock_offset_s = stream.first_arrival_s - self.origin_s
-        self._totals["streams_started"] += 1
-        log.info(
-            "RTP stream %s started (%s) from %s", stream.channel, stream.speaker, stream.source_addr
-        )
-        self._dirty.add(stream.ssrc)
-        self._wake()
-
-    def _admit(
-        self, pkt: RtpPacket, fmt: PayloadFormat | None, sender: tuple, now: float
-    ) -> RtpStream | None:
-        """Start a stream for a packet from an unknown SSRC, or count why it was refused."""
-        if fmt is None or not fmt.supported:
-            self._totals["unsupported_payload"] += 1
-            if pkt.ssrc not in self._warned:
-                self._warned[pkt.ssrc] = None
-                if len(self._warned) > ORIGINS_KEPT:
-                    self._warned.popitem(last=False)
-                log.warning(
-                    "RTP from %s (SSRC %08x) uses payload type %d, which emomon cannot decode "
-                    "(%s); its packets are dropped and counted as unsupported_payload",
-                    sender,
-                    pkt.ssrc,
-                    pkt.payload_type,
-                    fmt or "no rtpmap: give --sdp or source.rtp_payload_types",
-                )
-            return None
-        until = self._byed.get(pkt.ssrc)
-        if until is not None and now < until:
-            self._counters.ended_sum["late"] += 1  # a straggler after BYE
-            return None
-        if self._per_source.get(sender, 0) >= self.max_streams_per_source:
-            self._totals["over_source_cap"] += 1
-            self._log_malformed(
-                "dropped RTP from new SSRC %08x: %s already owns %d streams",
-                pkt.ssrc,
-                sender,
-                self.max_streams_per_source,
-            )
-            return None
-        if len(self._streams) >= self.max_streams and not self._evict_unconfirmed():
-            self._totals["over_stream_cap"] += 1
-            self._log_malformed(
-                "dropped RTP from new SSRC %08x: %d streams active", pkt.ssrc, self.max_streams
-            )
-            return None
-        return self._new_stream(pkt, sender, now)
-
-    def _evict_unconfirmed(self) -> bool:
-        """Make room by forgetting the oldest stream still on probation: a flood of one-packet
-        SSRCs must not keep a real caller out (issue #18)."""
-        waiting = [st for st in self._streams.values() if not st.confirmed]
-        if not waiting:
-            return False
-        self._forget(min(waiting, key=lambda st: st.first_arrival_s))
-        return True
-
     def _on_rtcp(self, data: bytes, addr: tuple, now: float) -> None:
         try:
             byes = parse_rtcp_bye(data)
@@ -377,7 +296,7 @@ class RtpSource:
             stream = self._streams.get(ssrc)
             if stream is None or stream.bye_at_s is not None:
                 continue
-            if not self._same_sender(stream, tuple(addr[:2])):
+            if not self._table.same_sender(stream, tuple(addr[:2])):
                 self._totals["foreign_bye"] += 1
                 log.warning(
                     "ignored RTCP BYE for %s from %s: the stream's sender is %s",
@@ -390,12 +309,6 @@ class RtpSource:
             log.info("RTCP BYE from %s (%s)", stream.channel, stream.speaker)
             self._dirty.add(ssrc)
             self._wake()
-
-    @staticmethod
-    def _same_sender(stream: RtpStream, sender: tuple) -> bool:
-        """RTCP comes from the RTP address itself (rtcp-mux) or its port + 1 (RFC 3550 §11)."""
-        host, port = stream.source_addr
-        return len(sender) == 2 and sender[0] == host and sender[1] in (port, port + 1)
 
     def _allowed(self, host: str) -> bool:
         ok = self._allow_cache.get(host)
@@ -411,46 +324,6 @@ class RtpSource:
                 self._allow_cache.clear()
             self._allow_cache[host] = ok
         return ok
-
-    def _new_stream(self, pkt: RtpPacket, sender: tuple, now: float) -> RtpStream:
-        channel = ssrc_channel(pkt.ssrc)
-        stream = RtpStream(
-            ssrc=pkt.ssrc,
-            channel=channel,
-            speaker=self._names.get(pkt.ssrc, channel),
-            clock_offset_s=0.0,
-            first_arrival_s=now,
-            jitter=JitterBuffer(self.jitter_s, JITTER_MAX_PACKETS),
-            chunk_samples=self.chunk_samples,
-            max_clock_jump_s=self.idle_timeout_s + 1.0,
-            log_dropped=self._log_malformed,
-            last_arrival_s=now,
-            source_addr=sender,
-            wall_offset_s=self._wall_offset_s,
-            probation_left=PROBATION_PACKETS,
-            playout=PlayoutClock(8000, self.idle_timeout_s + 1.0),
-        )
-        self._streams[pkt.ssrc] = stream
-        self._per_source[sender] = self._per_source.get(sender, 0) + 1
-        self._by_channel[channel] = stream
-        self._by_channel.move_to_end(channel)
-        if len(self._by_channel) > 2 * self.max_streams:
-            self._by_channel.popitem(last=False)
-        prev = self._clocks.get(pkt.ssrc)
-        if prev is not None and prev[1] == sender and self.origin_s is not None:
-            # The same sender resumes: same channel, speaker and clock, no probation.
-            stream.confirmed = True
-            t = prev[0].session_time(pkt.timestamp, now, RESUME_TOLERANCE_S)
-            stream.clock_offset_s = t if t is not None else max(prev[0].end_s, now - self.origin_s)
-            self._totals["streams_started"] += 1
-            self._totals["streams_resumed"] += 1
-            log.info(
-                "RTP stream %s resumed (%s) at %.3f s",
-                channel,
-                stream.speaker,
-                stream.clock_offset_s,
-            )
-        return stream
 
     def _wake(self) -> None:
         w = self._waiter
@@ -487,7 +360,7 @@ class RtpSource:
                         continue
                     if not stream.confirmed:
                         if now - stream.first_arrival_s >= PROBATION_TIMEOUT_S:
-                            self._forget(stream)
+                            self._table.forget(stream)
                         else:
                             next_scan = min(next_scan, stream.first_arrival_s + PROBATION_TIMEOUT_S)
                         continue
@@ -511,14 +384,14 @@ class RtpSource:
                     await asyncio.sleep(0.001)
                     continue
                 for stream in ending:
-                    for chunk in self._finish(stream, now):
+                    for chunk in self._table.finish(stream, now):
                         yield chunk
                 if self._closing:
                     for stream in list(self._streams.values()):
                         if not stream.confirmed:
-                            self._forget(stream)
+                            self._table.forget(stream)
                             continue
-                        for chunk in self._finish(stream, time.monotonic()):
+                        for chunk in self._table.finish(stream, time.monotonic()):
                             yield chunk
                     return
                 if self._idle_exit_due(now):
@@ -590,42 +463,6 @@ class RtpSource:
         ):
             deadline = min(deadline, self._last_activity + self.exit_when_idle_s)
         return max(0.0, deadline - now)
-
-    def _forget(self, stream: RtpStream) -> None:
-        """Drop a stream that never passed probation: nothing of it reached the segmenter."""
-        self._streams.pop(stream.ssrc, None)
-        self._release_source(stream)
-        self._totals["streams_unconfirmed"] += 1
-        self._log_malformed(
-            "forgot unconfirmed RTP stream %s from %s", stream.channel, stream.source_addr
-        )
-
-    def _release_source(self, stream: RtpStream) -> None:
-        n = self._per_source.get(stream.source_addr, 0) - 1
-        if n > 0:
-            self._per_source[stream.source_addr] = n
-        else:
-            self._per_source.pop(stream.source_addr, None)
-
-    def _finish(self, stream: RtpStream, now: float) -> list[AudioChunk]:
-        """End a stream: its last chunks (the final one flagged), then its bookkeeping."""
-        out = stream.finish(now)
-        self._streams.pop(stream.ssrc, None)
-        self._release_source(stream)
-        byed = stream.bye_at_s is not None
-        if byed:
-            self._byed[stream.ssrc] = now + max(1.0, 4 * self.jitter_s)
-            if len(self._byed) > ORIGINS_KEPT:
-                self._byed.popitem(last=False)
-        clock = stream.clock_state(now)
-        if clock is not None and not byed:
-            self._clocks[stream.ssrc] = (clock, stream.source_addr)
-            self._clocks.move_to_end(stream.ssrc)
-            if len(self._clocks) > ORIGINS_KEPT:
-                self._clocks.popitem(last=False)
-        st = self._counters.stream_ended(stream, byed=byed)
-        log.info("RTP stream %s ended (%s): %s", stream.channel, "BYE" if byed else "idle", st)
-        return out
 
     # -- statistics -------------------------------------------------------------------------------
     @property
