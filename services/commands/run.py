@@ -157,6 +157,7 @@ async def _run(
             )
         sinks = [*build_sinks(settings, [s for s, _ in sessions]), *extra_sinks]
         metrics = Metrics()
+        metrics.registry.register(RtpCollector(sessions))
         pipeline = Pipeline(settings, sinks, metrics=metrics)
         stack.callback(pipeline.close)
         if settings.metrics.port is not None:
@@ -204,3 +205,26 @@ def run_health(
     if rtp:
         detail["rtp"] = rtp
     return pipeline.ready, detail
+
+
+class RtpCollector:
+    """Prometheus view of the RTP receivers' counters, read at scrape time:
+    ``emomon_rtp_total{session, counter}`` (``streams_active`` included, a level, not a total)."""
+
+    def __init__(self, sessions: Sequence[tuple[str, AudioSource]]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "emomon_rtp_total",
+            "RTP receiver counters per session (packets, lost, late, foreign_source, ...)",
+            labels=["session", "counter"],
+        )
+        for sid, src in self.sessions:
+            stats = getattr(src, "stats", None)
+            if isinstance(stats, dict):
+                for key, value in stats.items():
+                    family.add_metric([sid, key], float(value))
+        yield family

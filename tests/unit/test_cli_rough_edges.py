@@ -131,3 +131,24 @@ def test_exit_when_idle_counts_from_the_first_packet() -> None:
 
     took, n = asyncio.run(asyncio.wait_for(main_(), 10))
     assert n >= 5 * 320 and took > 0.8 + 0.3
+
+
+def test_run_health_and_rtp_metrics() -> None:
+    """``emomon run --metrics-port``: /healthz is unhealthy until ready; /metrics carries the
+    RTP counters per session."""
+    from types import SimpleNamespace
+
+    from emomon.services.commands.run import RtpCollector, run_health
+    from emomon.services.metrics import Metrics
+
+    src = RtpSource("127.0.0.1", 0)
+    sessions = [("call", src)]
+    pipeline = SimpleNamespace(ready=False, stats=PipelineStats())
+    ok, detail = run_health(pipeline, sessions)  # type: ignore[arg-type]
+    assert not ok and detail["ready"] is False and detail["rtp"]["call"]["packets"] == 0
+    pipeline.ready = True
+    assert run_health(pipeline, sessions)[0]  # type: ignore[arg-type]
+    metrics = Metrics()
+    metrics.registry.register(RtpCollector(sessions))
+    text = metrics.render().decode()
+    assert 'emomon_rtp_total{counter="foreign_bye",session="call"} 0.0' in text
