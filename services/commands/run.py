@@ -201,7 +201,7 @@ def run_health(
 ) -> tuple[bool, dict[str, Any]]:
     """``/healthz`` of ``emomon run``: unhealthy until ready (models warm, sources open)."""
     detail: dict[str, Any] = {"ready": pipeline.ready, "events": pipeline.stats.events}
-    rtp = {sid: src.stats for sid, src in sessions if isinstance(getattr(src, "stats", None), dict)}
+    rtp = {sid: st for sid, src in sessions if isinstance(st := getattr(src, "stats", None), dict)}
     if rtp:
         detail["rtp"] = rtp
     return pipeline.ready, detail

@@ -12,7 +12,7 @@ imported only when a stream needs one of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from emomon.streamer.sources.sdp import PayloadFormat
 
 
 class PayloadDecoder(Protocol):
-    def __call__(self, payload: bytes) -> np.ndarray: ...
+    def __call__(self, payload: bytes, /) -> np.ndarray: ...
 
 
 class AvDecoder:
@@ -31,7 +31,7 @@ class AvDecoder:
         import av
 
         self._av = av
-        self.ctx = av.CodecContext.create(codec, "r")
+        self.ctx: Any = cast(Any, av.AudioCodecContext.create(codec, "r"))  # typed loosely
         self.ctx.sample_rate = rate_hz
         self.ctx.layout = "mono"  # one RTP stream is one participant: stereo Opus is mixed down
 
@@ -55,7 +55,7 @@ class AvDecoder:
         return np.concatenate(parts)
 
 
-def _stateless(fn: Callable[[bytes], np.ndarray]) -> Callable[[PayloadFormat], PayloadDecoder]:
+def _stateless(fn: PayloadDecoder) -> Callable[[PayloadFormat], PayloadDecoder]:
     return lambda _fmt: fn
 
 
