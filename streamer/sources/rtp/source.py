@@ -3,7 +3,7 @@
 The receive path is a non-blocking UDP socket read by the event loop (a batch of datagrams
 per wake-up); per datagram it only parses the 12-byte RTP header (RFC 3550 §5.1: CSRC list,
 header extension, padding, marker) and pushes the packet into that SSRC's
-:class:`~emomon.streamer.sources.jitter.JitterBuffer`. Decoding (G.711 / L16), silence fill
+:class:`~emomon.streamer.sources.jitter.JitterBuffer`. Decoding (G.711, L16, G.722, Opus), silence
 from the RTP timestamps and resampling to 16 kHz happen in :meth:`RtpSource.chunks` when the
 buffer releases packets, and only for streams that received something, so the cost per packet
 does not grow with the number of streams and a burst never stalls the loop for long.
@@ -13,19 +13,12 @@ wrap-around, a sender that restarts, silence suppression and comfort noise, RTCP
 port (rtcp-mux, told apart by RFC 5761 §4) or on port+1, garbage datagrams, strangers sending
 to the port — is counted in :attr:`RtpSource.stats` and never raises.
 
-Time (issue #15): silence that did not arrive is released when it is due (see
-:mod:`.playout`), so media time keeps moving for the segmenter through DTX gaps and after a
-stream stops. A stream ends on RTCP BYE or after ``idle_timeout_s`` without packets; its last
-chunk has ``final=True``. All streams share one clock, the session's: time 0 is the arrival of
-the first packet of the first stream, and a stream that starts later starts at its own arrival
-on that clock. An SSRC that comes back after its stream ended continues its old clock from its
-RTP timestamps (when they agree with the time that passed), as the same channel and speaker.
-
-Senders (issue #18): the address of an SSRC's first packet owns it (latching, as PBXs do):
-packets and RTCP BYE for that SSRC from elsewhere are dropped and counted (``foreign_source``,
-``foreign_bye``). A new SSRC is on probation until two packets in sequence arrived (RFC 3550
-A.1); one that never confirms is forgotten after :data:`PROBATION_TIMEOUT_S` without ever
-reaching the segmenter, and one address may own at most ``max_streams_per_source`` streams.
+Time (issue #15): silence that did not arrive is released when it is due (:mod:`.playout`),
+so media time moves on for the segmenter through DTX gaps and after a stream stops; every
+datagram carries its kernel receive time (:mod:`.udp`), from which latency is measured. A
+stream ends on RTCP BYE from its own sender or after ``idle_timeout_s`` without packets; its
+last chunk has ``final=True``. Which SSRCs become streams, who owns them and the one session
+clock are :mod:`.streams`' business (issues #15, #18).
 """
 
 from __future__ import annotations
@@ -146,9 +139,9 @@ class RtpSource:
     def bind(self) -> None:
         """Bind the UDP socket(s) now, without an event loop. Idempotent.
 
-        Call it before anything slow (loading models): a port in use then fails at once, and
-        packets sent meanwhile wait in the kernel's receive buffer instead of being refused;
-        :meth:`start` (or :meth:`chunks`) begins reading them.
+        Packets sent after it wait in the kernel's receive buffer until :meth:`start` (or
+        :meth:`chunks`) reads them. ``emomon run`` binds only after its models warmed up, so
+        that nothing queues behind the warm-up (#15); :meth:`check_port` tests the port first.
         """
         if self._udp.bound:
             return
