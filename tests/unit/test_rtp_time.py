@@ -209,3 +209,29 @@ def test_payload_map_refuses_what_cannot_be_decoded() -> None:
     # an SDP offer may list codecs emomon cannot decode: kept, so packets count as unsupported
     sdp = parse_sdp("v=0\nm=audio 4000 RTP/AVP 18 111\na=rtpmap:18 G729/8000\n")
     assert not payload_map(None, sdp)[18].supported
+
+
+def test_undecodable_payload_warns_once_per_stream(caplog: pytest.LogCaptureFixture) -> None:
+    """G.729 (PT 18): counted, and one WARNING at the default log level, not one per packet."""
+
+    async def main() -> dict[str, int]:
+        src = RtpSource("127.0.0.1", 0, jitter_ms=0)
+        await src.start()
+        for i in range(50):
+            src.feed_datagram(rtp(i, i * 160, 0x729, bytes(20), pt=18), ADDR)
+        for i in range(3):  # a PCMU stream that switches to G.729 mid-call
+            src.feed_datagram(rtp(i, i * 160, 0x711), ("127.0.0.1", 40002))
+        for i in range(3, 30):
+            src.feed_datagram(rtp(i, i * 160, 0x711, bytes(20), pt=18), ("127.0.0.1", 40002))
+        await src.close()
+        async for _ in src.chunks():
+            pass
+        return src.stats
+
+    with caplog.at_level("WARNING"):
+        stats = run(main)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert stats["unsupported_payload"] == 50 + 27
+    assert len(warnings) == 2, warnings
+    assert "payload type 18" in warnings[0] and "SSRC 00000729" in warnings[0]
+    assert "ssrc-00000711" in warnings[1]

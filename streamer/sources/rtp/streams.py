@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from emomon.streamer.sources.base import AudioChunk
 from emomon.streamer.sources.jitter import JitterBuffer
-from emomon.streamer.sources.rtp.counters import ReceiverCounters
+from emomon.streamer.sources.rtp.counters import RateLimitedLog, ReceiverCounters
 from emomon.streamer.sources.rtp.packets import RtpPacket, ssrc_channel
 from emomon.streamer.sources.rtp.playout import PlayoutClock
 from emomon.streamer.sources.rtp.stream import ClockState, RtpStream
@@ -70,6 +70,8 @@ class StreamTable:
         self._clocks: OrderedDict[int, tuple[ClockState, tuple]] = OrderedDict()
         self._per_source: dict[tuple, int] = {}  # streams owned per sender address
         self._warned: OrderedDict[int, None] = OrderedDict()  # SSRCs warned about (no stream)
+        # one WARNING per SSRC, but a flood of random SSRCs must not flood the log either
+        self._warn = RateLimitedLog(log, interval_s=10.0, level=logging.WARNING)
         self._byed: OrderedDict[int, float] = OrderedDict()  # ssrc -> ignore stragglers until
 
     def get(self, ssrc: int) -> RtpStream | None:
@@ -93,7 +95,7 @@ class StreamTable:
                 self._warned[pkt.ssrc] = None
                 if len(self._warned) > ORIGINS_KEPT:
                     self._warned.popitem(last=False)
-                log.warning(
+                self._warn(
                     "RTP from %s (SSRC %08x) uses payload type %d, which emomon cannot decode "
                     "(%s); its packets are dropped and counted as unsupported_payload",
                     sender,
