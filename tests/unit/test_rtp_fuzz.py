@@ -272,3 +272,44 @@ def test_real_g722_and_opus_packets_decode_through_the_receiver() -> None:
         peak_hz = np.argmax(spectrum) * 16000 / pcm.size
         assert abs(peak_hz - 440) < 5, (ch, peak_hz)
         assert 4000 < np.sqrt(np.mean(pcm**2)) < 7000, ch  # 8000 peak: RMS ~5657
+
+
+def test_ten_thousand_random_packets_make_no_phantom_streams() -> None:
+    """Issue #18: 10,000 well-formed RTP headers with random SSRCs, sequence numbers and ports
+    (a scan or a flood) used to leave 127 streams and 73 MB behind. On probation, none reaches
+    the segmenter, none stays, and memory stays bounded by the stream cap."""
+    import tracemalloc
+
+    rng = np.random.default_rng(18)
+
+    async def main() -> tuple[dict[str, int], int, int, int]:
+        src = RtpSource("127.0.0.1", 0, jitter_ms=0, idle_timeout_s=5)
+        await src.start()
+        chunks = 0
+
+        async def consume() -> None:
+            nonlocal chunks
+            async for _ in src.chunks():
+                chunks += 1
+
+        task = asyncio.create_task(consume())
+        tracemalloc.start()
+        for k in range(10_000):
+            ssrc, seq = int(rng.integers(1, 1 << 32)), int(rng.integers(0, 1 << 16))
+            head = struct.pack("!BBHII", 0x80, 0, seq, int(rng.integers(0, 1 << 32)), ssrc)
+            src.feed_datagram(head + rng.bytes(160), ("10.6.6.6", 1024 + k % 60000))
+            if k % 500 == 0:
+                await asyncio.sleep(0)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        await asyncio.sleep(1.3)  # past the probation timeout
+        left = len(src._streams)
+        await src.close()
+        await task
+        return src.stats, chunks, left, peak
+
+    stats, chunks, left, peak = asyncio.run(main())
+    assert chunks == 0 and left == 0 and stats["streams_started"] == 0
+    assert stats["streams_unconfirmed"] == 10_000 and stats["packets"] == 10_000
+    print(f"peak traced memory {peak / 1e6:.1f} MB")
+    assert peak < 10 << 20, peak  # 64 streams on probation at most (measured 1.5 MB)

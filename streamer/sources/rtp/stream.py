@@ -16,6 +16,7 @@ is measured from arrival.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from emomon.streamer.sources.rtp.codecs import PayloadDecoder, make_decoder
 from emomon.streamer.sources.rtp.playout import PlayoutClock
 from emomon.streamer.sources.sdp import PayloadFormat
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
+
+log = logging.getLogger("emomon.streamer.sources.rtp.source")
 
 ARRIVALS_KEPT = 1500  # per stream: ~30 s of 20 ms packets of speech (see RtpStream.arrivals)
 
@@ -195,7 +198,18 @@ class RtpStream:
             pcm = decoder(queued.payload)
         except (ValueError, KeyError) as e:
             self.counters["malformed"] += 1
-            self.log_dropped("%s: undecodable %s payload: %s", self.channel, fmt.encoding, e)
+            if not self.warned:  # once per stream at the default level (#15), then DEBUG
+                self.warned = True
+                log.warning(
+                    "RTP stream %s (%s): undecodable %s payload (%s); such packets are dropped "
+                    "and counted as malformed",
+                    self.channel,
+                    self.speaker,
+                    fmt.encoding,
+                    e,
+                )
+            else:
+                self.log_dropped("%s: undecodable %s payload: %s", self.channel, fmt.encoding, e)
             return
         ts = queued.timestamp
         if (
