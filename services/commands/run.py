@@ -121,11 +121,19 @@ def summary_lines(stats: PipelineStats, sessions: Sequence[tuple[str, AudioSourc
     for sid, src in sessions:
         per = stats.by_session.get(sid, {})
         line = f"emomon: session {sid}: {per.get('events', 0)} events from {per.get('utterances', 0)} utterances"
-        rtp = getattr(src, "stats", None)
-        if isinstance(rtp, dict):
+        rtp = rtp_stats(src)
+        if rtp is not None:
             line += "; RTP " + ", ".join(f"{k} {rtp.get(k, 0)}" for k in SUMMARY_RTP)
         lines.append(line)
     return lines
+
+
+def rtp_stats(src: AudioSource) -> dict[str, int] | None:
+    """An RTP receiver's counters (``RtpSource.stats``), None for other sources."""
+    if not hasattr(src, "stats_by_ssrc"):
+        return None
+    stats = getattr(src, "stats", None)
+    return stats if isinstance(stats, dict) else None
 
 
 def ready_line(sessions: Sequence[tuple[str, AudioSource]], sinks: Sequence[Sink]) -> str:
@@ -201,7 +209,7 @@ def run_health(
 ) -> tuple[bool, dict[str, Any]]:
     """``/healthz`` of ``emomon run``: unhealthy until ready (models warm, sources open)."""
     detail: dict[str, Any] = {"ready": pipeline.ready, "events": pipeline.stats.events}
-    rtp = {sid: st for sid, src in sessions if isinstance(st := getattr(src, "stats", None), dict)}
+    rtp = {sid: st for sid, src in sessions if (st := rtp_stats(src)) is not None}
     if rtp:
         detail["rtp"] = rtp
     return pipeline.ready, detail
@@ -223,8 +231,6 @@ class RtpCollector:
             labels=["session", "counter"],
         )
         for sid, src in self.sessions:
-            stats = getattr(src, "stats", None)
-            if isinstance(stats, dict):
-                for key, value in stats.items():
-                    family.add_metric([sid, key], float(value))
+            for key, value in (rtp_stats(src) or {}).items():
+                family.add_metric([sid, key], float(value))
         yield family

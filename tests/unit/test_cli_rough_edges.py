@@ -152,3 +152,11 @@ def test_run_health_and_rtp_metrics() -> None:
     metrics.registry.register(RtpCollector(sessions))
     text = metrics.render().decode()
     assert 'emomon_rtp_total{counter="foreign_bye",session="call"} 0.0' in text
+
+
+def test_summary_of_a_file_session_has_no_rtp_part() -> None:
+    from emomon.streamer.sources.file import FileSource
+
+    stats = PipelineStats(by_session={"f": {"utterances": 2, "events": 2}})
+    (line,) = summary_lines(stats, [("f", FileSource(CALL))])
+    assert line == "emomon: session f: 2 events from 2 utterances"
