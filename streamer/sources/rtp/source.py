@@ -24,7 +24,6 @@ clock are :mod:`.streams`' business (issues #15, #18).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -40,7 +39,12 @@ from emomon.streamer.sources.rtp.packets import (
     parse_ssrc,
 )
 from emomon.streamer.sources.rtp.stream import QueuedPayload, RtpStream
-from emomon.streamer.sources.rtp.streams import PROBATION_TIMEOUT_S, StreamLimits, StreamTable
+from emomon.streamer.sources.rtp.streams import (
+    PROBATION_TIMEOUT_S,
+    AllowList,
+    StreamLimits,
+    StreamTable,
+)
 from emomon.streamer.sources.rtp.udp import UdpListener, format_host
 from emomon.streamer.sources.sdp import PayloadFormat, load_sdp, payload_map, undecodable
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
@@ -105,12 +109,7 @@ class RtpSource:
                 ", ".join(bad),
             )
         self.rtcp_mux_only = False
-        try:
-            self._allow = [ipaddress.ip_network(a.strip(), strict=False) for a in allow]
-        except ValueError as e:
-            raise SourceError(
-                f"rtp_allow: {e} (use addresses or CIDR networks like 10.0.0.0/8)"
-            ) from e
+        self._allow = AllowList(allow)
         self._names = {parse_ssrc(k): v for k, v in (ssrc_names or {}).items()}
         self._udp = UdpListener(host, port, self._on_datagram)
         self._dirty: set[int] = set()  # SSRCs with new packets since the consumer last looked
@@ -118,7 +117,6 @@ class RtpSource:
         self._defer_since: float | None = None  # an idle decision waiting for a socket backlog
         self._wall_offset_s = time.time() - time.monotonic()
         self._first_packet_s: float | None = None
-        self._allow_cache: dict[str, bool] = {}
         self._counters = ReceiverCounters()
         self._totals = self._counters.totals
         self._log_malformed = RateLimitedLog(log)
@@ -214,7 +212,7 @@ class RtpSource:
         arrived, if known (kernel timestamps); else now. Never raises for any content."""
         now = time.monotonic() if arrival_s is None else arrival_s
         self._last_activity = now
-        if self._allow and not self._allowed(addr[0] if addr else ""):
+        if not self._allow.admits(addr[0] if addr else ""):
             self._totals["rejected_source"] += 1
             return
         if rtcp_port or is_rtcp(data):
@@ -286,37 +284,9 @@ class RtpSource:
             return
         self._totals["rtcp"] += 1
         for ssrc in byes:
-            stream = self._streams.get(ssrc)
-            if stream is None or stream.bye_at_s is not None:
-                continue
-            if not self._table.same_sender(stream, tuple(addr[:2])):
-                self._totals["foreign_bye"] += 1
-                log.warning(
-                    "ignored RTCP BYE for %s from %s: the stream's sender is %s",
-                    stream.channel,
-                    addr,
-                    stream.source_addr,
-                )
-                continue
-            stream.bye_at_s = now
-            log.info("RTCP BYE from %s (%s)", stream.channel, stream.speaker)
-            self._dirty.add(ssrc)
-            self._wake()
-
-    def _allowed(self, host: str) -> bool:
-        ok = self._allow_cache.get(host)
-        if ok is None:
-            try:
-                ip = ipaddress.ip_address(host.split("%")[0])
-                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-                    ip = ip.ipv4_mapped
-                ok = any(ip in net for net in self._allow)
-            except ValueError:
-                ok = False
-            if len(self._allow_cache) > 4096:
-                self._allow_cache.clear()
-            self._allow_cache[host] = ok
-        return ok
+            if self._table.bye(ssrc, tuple(addr[:2]), now):
+                self._dirty.add(ssrc)
+                self._wake()
 
     def _wake(self) -> None:
         w = self._waiter

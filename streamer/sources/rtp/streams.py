@@ -16,12 +16,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from emomon.streamer.sources.base import AudioChunk
+from emomon.streamer.sources.base import AudioChunk, SourceError
 from emomon.streamer.sources.jitter import JitterBuffer
 from emomon.streamer.sources.rtp.counters import RateLimitedLog, ReceiverCounters
 from emomon.streamer.sources.rtp.packets import RtpPacket, ssrc_channel
@@ -36,6 +37,37 @@ ORIGINS_KEPT = 4096  # ended SSRCs whose clock is remembered (resumed streams ke
 PROBATION_PACKETS = 2  # RFC 3550 A.1 MIN_SEQUENTIAL: packets in sequence before a stream counts
 PROBATION_TIMEOUT_S = 1.0  # an unconfirmed stream is forgotten this long after its first packet
 RESUME_TOLERANCE_S = 1.0  # a resumed SSRC's timestamps may disagree with wall time this much
+
+
+class AllowList:
+    """``rtp_allow``: the sender addresses or networks that may send at all (empty: anyone).
+    The production setting (issue #18): latching only protects streams that already run."""
+
+    def __init__(self, allow: Sequence[str]) -> None:
+        try:
+            self.networks = [ipaddress.ip_network(a.strip(), strict=False) for a in allow]
+        except ValueError as e:
+            raise SourceError(
+                f"rtp_allow: {e} (use addresses or CIDR networks like 10.0.0.0/8)"
+            ) from e
+        self._cache: dict[str, bool] = {}
+
+    def admits(self, host: str) -> bool:
+        if not self.networks:
+            return True
+        ok = self._cache.get(host)
+        if ok is None:
+            try:
+                ip = ipaddress.ip_address(host.split("%")[0])
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                    ip = ip.ipv4_mapped
+                ok = any(ip in net for net in self.networks)
+            except ValueError:
+                ok = False
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[host] = ok
+        return ok
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,7 @@ class StreamTable:
         self._warned: OrderedDict[int, None] = OrderedDict()  # SSRCs warned about (no stream)
         # one WARNING per SSRC, but a flood of random SSRCs must not flood the log either
         self._warn = RateLimitedLog(log, interval_s=10.0, level=logging.WARNING)
+        self._warn_bye = RateLimitedLog(log, interval_s=10.0, level=logging.WARNING)
         self._byed: OrderedDict[int, float] = OrderedDict()  # ssrc -> ignore stragglers until
 
     def get(self, ssrc: int) -> RtpStream | None:
@@ -194,11 +227,25 @@ class StreamTable:
         self.forget(min(waiting, key=lambda st: st.first_arrival_s))
         return True
 
-    @staticmethod
-    def same_sender(stream: RtpStream, sender: tuple) -> bool:
-        """RTCP comes from the RTP address itself (rtcp-mux) or its port + 1 (RFC 3550 §11)."""
+    def bye(self, ssrc: int, sender: tuple, now: float) -> bool:
+        """An RTCP BYE for ``ssrc``: True when it ends a live stream. Only the stream's own
+        sender may end it: its RTP address (rtcp-mux) or port + 1 (RFC 3550 §11)."""
+        stream = self.streams.get(ssrc)
+        if stream is None or stream.bye_at_s is not None:
+            return False
         host, port = stream.source_addr
-        return len(sender) == 2 and sender[0] == host and sender[1] in (port, port + 1)
+        if len(sender) != 2 or sender[0] != host or sender[1] not in (port, port + 1):
+            self.totals["foreign_bye"] += 1
+            self._warn_bye(
+                "ignored RTCP BYE for %s from %s: the stream's sender is %s",
+                stream.channel,
+                sender,
+                stream.source_addr,
+            )
+            return False
+        stream.bye_at_s = now
+        log.info("RTCP BYE from %s (%s)", stream.channel, stream.speaker)
+        return True
 
     # -- the end of a stream ----------------------------------------------------------------------
     def forget(self, stream: RtpStream) -> None:
