@@ -108,6 +108,7 @@ class SessionDescription:
     rtcp_mux: bool = False
 
 
+_RFC_CLOCK = {"G722": PayloadFormat("G722", 8000, 1), "OPUS": PayloadFormat("OPUS", 48000, 2)}
 _RTPMAP = re.compile(r"^a=rtpmap:(\d+)\s+(\S+)\s*$")
 _MEDIA = re.compile(r"^m=audio\s+(\d+)\s+\S+(?:\s+(.*))?$")
 _CONN = re.compile(r"^c=IN\s+IP[46]\s+([^/\s]+)")
@@ -144,11 +145,14 @@ def parse_sdp(text: str) -> SessionDescription:
             try:
                 pts[pt] = parse_encoding(m.group(2))
             except ValueError:
-                # A codec emomon cannot decode (opus/48000/2, telephone-event/8000): remember it
-                # so its packets are reported as unsupported, not as garbage.
+                # A codec emomon cannot decode (G729/8000, AMR-WB/16000): remember it so its
+                # packets are reported as unsupported, not as garbage.
                 enc, _, rest = m.group(2).partition("/")
                 rate = rest.split("/")[0]
-                pts[pt] = PayloadFormat(enc.upper(), int(rate) if rate.isdigit() else 0, 1)
+                fmt = PayloadFormat(enc.upper(), int(rate) if rate.isdigit() else 0, 1)
+                # "G722/16000" or "opus/16000" in an SDP are common mistakes; the timestamps
+                # still run at the RFC's clock (RFC 3551 §4.5.2, RFC 7587), so take that.
+                pts[pt] = _RFC_CLOCK.get(fmt.encoding, fmt)
         elif line == "a=rtcp-mux" and in_audio:
             mux = True
     return SessionDescription(pts, port, address, mux)

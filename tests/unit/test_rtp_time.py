@@ -235,3 +235,13 @@ def test_undecodable_payload_warns_once_per_stream(caplog: pytest.LogCaptureFixt
     assert len(warnings) == 2, warnings
     assert "payload type 18" in warnings[0] and "SSRC 00000729" in warnings[0]
     assert "ssrc-00000711" in warnings[1]
+
+
+def test_sdp_clock_mistakes_for_g722_and_opus_take_the_rfc_clock() -> None:
+    sdp = parse_sdp(
+        "v=0\nm=audio 4000 RTP/AVP 98 99 101\na=rtpmap:98 G722/16000\n"
+        "a=rtpmap:99 opus/16000/1\na=rtpmap:101 telephone-event/8000\n"
+    )
+    fmts = payload_map(None, sdp)
+    assert (fmts[98].clock_rate_hz, fmts[98].audio_rate_hz) == (8000, 16000)
+    assert fmts[99].clock_rate_hz == 48000 and fmts[101].encoding == "TELEPHONE-EVENT"
