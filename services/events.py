@@ -14,6 +14,9 @@ in wall-clock time and ``started_at``/``ended_at`` the utterance's wall-clock st
 ``latency_ms`` runs from when the end of speech *arrived* (packet arrival, capture, real-time
 playout) to the event; a replay faster than real time has no arrival time, so its events leave
 ``latency_ms`` out.
+
+Additive (issue 17): ``valence`` (-1..1) and ``arousal`` (0..1), derived from ``probabilities``
+(:mod:`emomon.services.affect`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
+
+from emomon.services.affect import valence_arousal
 
 EVENT_SCHEMA_VERSION = 2
 OUTCOMES = ("emotion", "uncertain", "no_speech")
@@ -78,6 +83,11 @@ class EmotionEvent:
     def event_id(self) -> str:
         return event_id_for(self.utterance_id)
 
+    @property
+    def affect(self) -> tuple[float, float] | None:
+        """(valence -1..1, arousal 0..1) derived from ``probabilities`` (:mod:`..affect`)."""
+        return valence_arousal(self.probabilities)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "schema_version": self.schema_version,
@@ -109,6 +119,8 @@ class EmotionEvent:
             d["text"] = self.text
         if self.language is not None:
             d["language"] = self.language
+        if (va := self.affect) is not None:  # additive (issue 17): derived, so not in from_dict
+            d["valence"], d["arousal"] = round(va[0], 4), round(va[1], 4)
         return d
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from emomon.services.commands.common import (
     setup_logging,
 )
 from emomon.services.commands.flags import (
+    DASHBOARD,
     METRICS,
     MODEL,
     MQTT,
@@ -33,7 +34,7 @@ from emomon.services.commands.flags import (
     overrides,
 )
 from emomon.services.commands.sessions import open_sources
-from emomon.services.metrics import Metrics, MetricsServer
+from emomon.services.metrics import Metrics, metrics_server
 from emomon.services.publish.base import Sink
 from emomon.services.settings import Settings
 from emomon.services.signals import install_stop_handlers
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("emomon.run")
 
 #: the settings flags ``run`` and ``replay`` share (``run`` adds --session and --sdp)
-PIPELINE_FLAGS: tuple[FlagGroup, ...] = (SOURCE, STREAMER, MODEL, SINKS, MQTT)
+PIPELINE_FLAGS: tuple[FlagGroup, ...] = (SOURCE, STREAMER, MODEL, SINKS, MQTT, DASHBOARD)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -163,18 +164,19 @@ async def _run(
             settings = settings.model_copy(
                 update={"mqtt": settings.mqtt.model_copy(update={"url": url})}
             )
-        sinks = [*build_sinks(settings, [s for s, _ in sessions]), *extra_sinks]
+        from emomon.services.commands.dashboard import linger, open_dashboard
+
+        hub, page = await open_dashboard(settings, stack, "embedded")  # None without --dashboard
+        outputs = [hub] if hub is not None else []
+        sinks = [*build_sinks(settings, [s for s, _ in sessions], outputs), *extra_sinks]
         metrics = Metrics()
         metrics.registry.register(RtpCollector(sessions))
         pipeline = Pipeline(settings, sinks, metrics=metrics)
         stack.callback(pipeline.close)
-        if settings.metrics.port is not None:
-            server = MetricsServer(
-                metrics,
-                functools.partial(run_health, pipeline, sessions),
-                host=settings.metrics.host,
-                port=settings.metrics.port,
-            )
+        server = metrics_server(
+            settings, metrics, functools.partial(run_health, pipeline, sessions)
+        )
+        if server is not None:
             port = await server.start()
             stack.push_async_callback(server.close)
             print(
@@ -198,7 +200,10 @@ async def _run(
             ),
         )
         try:
-            return await pipeline.run(sessions, stop, on_ready=on_ready)
+            stats = await pipeline.run(sessions, stop, on_ready=on_ready)
+            if hub is not None:
+                await linger(settings, hub, page, stop, stats.events)
+            return stats
         except asyncio.CancelledError:
             print("emomon: forced stop; in-flight utterances were abandoned", file=sys.stderr)
             return None
