@@ -43,7 +43,10 @@ def rtp(seq: int, ts: int, ssrc: int, payload: bytes = PAYLOAD) -> bytes:
 
 # -- 1. throughput ------------------------------------------------------------------------------------
 async def throughput(streams: int, seconds: int) -> dict[str, float]:
-    src = RtpSource("127.0.0.1", 0, max_streams=streams, idle_timeout_s=60)
+    # one sender address for all streams (a PBX that sends every leg from one port)
+    src = RtpSource(
+        "127.0.0.1", 0, max_streams=streams, max_streams_per_source=streams, idle_timeout_s=60
+    )
     await src.start()
     samples = 0
 
@@ -102,7 +105,14 @@ print(time.monotonic() - t0, sent, behind)
 
 
 async def concurrent(n: int, seconds: float) -> dict[str, float]:
-    src = RtpSource("127.0.0.1", 0, max_streams=n, idle_timeout_s=1.0, exit_when_idle_s=1.0)
+    src = RtpSource(
+        "127.0.0.1",
+        0,
+        max_streams=n,
+        max_streams_per_source=n,
+        idle_timeout_s=1.0,
+        exit_when_idle_s=1.0,
+    )
     await src.start()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

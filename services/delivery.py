@@ -110,7 +110,8 @@ class Delivery:
             self.metrics.observe_stage("publish", publish_s)
             now = time.time()
             for u in utts:
-                self.metrics.observe_stage("end_to_end", now - u.end_wall)
+                if u.live:  # a faster-than-real-time replay has no arrival time (#15)
+                    self.metrics.observe_stage("end_to_end", now - u.end_wall)
         if self.context is not None:
             await self.context.append(events)
         if not failures:

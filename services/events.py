@@ -7,6 +7,14 @@ v2 (2026-12): ``label`` may also be ``"uncertain"`` (confidence below ``worker.m
 or ``"no_speech"`` (no transcript and hardly any voiced audio); ``outcome`` says which of
 ``emotion | uncertain | no_speech`` it is and ``top_label`` always names the likeliest class.
 A v1 consumer that reads ``top_label`` where it read ``label`` sees what it saw before.
+
+Time (issue #15, additive): ``start_s``/``end_s`` are on one clock per session (RTP: from the
+session's first packet; files: from the file start), ``session_started_at`` is that clock's 0
+in wall-clock time and ``started_at``/``ended_at`` the utterance's wall-clock start and end.
+``latency_ms`` runs from when the end of speech *arrived* (packet arrival, capture, real-time
+playout) to the event; a replay faster than real time has no arrival time, so its events leave
+``latency_ms`` out.
+
 Additive (issue 17): ``valence`` (-1..1) and ``arousal`` (0..1), derived from ``probabilities``
 (:mod:`emomon.services.affect`).
 """
@@ -27,6 +35,13 @@ EVENT_SCHEMA_VERSION = 2
 OUTCOMES = ("emotion", "uncertain", "no_speech")
 
 
+def iso_time(wall: float | None) -> str | None:
+    """``time.time()`` seconds as ISO 8601 UTC with milliseconds (None stays None)."""
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
 def event_id_for(utterance_id: str) -> str:
     """Stable event id derived from the utterance id, so consumers can drop redelivered duplicates."""
     return "ev-" + hashlib.sha1(utterance_id.encode()).hexdigest()[:16]
@@ -45,7 +60,7 @@ class EmotionEvent:
     probabilities: dict[str, float]
     modalities: tuple[str, ...]
     model_id: str
-    latency_ms: float  # end of speech -> event handed to the sinks
+    latency_ms: float | None  # end of speech arrived -> event to the sinks; None: replay
     stage_ms: dict[str, float] = field(default_factory=dict)
     text: str | None = None  # None when text is withheld (--no-text)
     language: str | None = None
@@ -53,6 +68,9 @@ class EmotionEvent:
     context_turns: int = 0  # earlier turns of the session the context model read
     outcome: str = "emotion"  # emotion | uncertain | no_speech (then label is that word)
     top_label: str = ""  # the likeliest class, whatever the outcome ("" = label)
+    session_started_at: str | None = None  # wall-clock time of session time 0 (ISO 8601)
+    started_at: str | None = None  # wall-clock start of the utterance (ISO 8601)
+    ended_at: str | None = None  # wall-clock end of speech (ISO 8601)
     emitted_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds")
     )
@@ -88,11 +106,15 @@ class EmotionEvent:
             "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
             "modalities": list(self.modalities),
             "model_id": self.model_id,
-            "latency_ms": round(self.latency_ms, 1),
             "stage_ms": {k: round(v, 1) for k, v in self.stage_ms.items()},
             "context_turns": self.context_turns,
             "emitted_at": self.emitted_at,
         }
+        if self.latency_ms is not None:
+            d["latency_ms"] = round(self.latency_ms, 1)
+        for key in ("session_started_at", "started_at", "ended_at"):
+            if (value := getattr(self, key)) is not None:
+                d[key] = value
         if self.text is not None:
             d["text"] = self.text
         if self.language is not None:
@@ -108,8 +130,9 @@ class EmotionEvent:
             "start_s": self.start_s,
             "end_s": self.end_s,
             "confidence": self.confidence,
-            "latency_ms": self.latency_ms,
         }
+        if self.latency_ms is not None:
+            floats["latency_ms"] = self.latency_ms
         floats.update({f"probabilities.{k}": v for k, v in self.probabilities.items()})
         floats.update({f"stage_ms.{k}": v for k, v in self.stage_ms.items()})
         bad = [k for k, v in floats.items() if not math.isfinite(v)]
@@ -136,7 +159,7 @@ class EmotionEvent:
             probabilities=dict(d["probabilities"]),
             modalities=tuple(d["modalities"]),
             model_id=d["model_id"],
-            latency_ms=d["latency_ms"],
+            latency_ms=d.get("latency_ms"),
             stage_ms=dict(d.get("stage_ms", {})),
             text=d.get("text"),
             language=d.get("language"),
@@ -144,6 +167,9 @@ class EmotionEvent:
             context_turns=int(d.get("context_turns", 0)),
             outcome=str(d.get("outcome", "emotion")),
             top_label=str(d.get("top_label", d["label"])),
+            session_started_at=d.get("session_started_at"),
+            started_at=d.get("started_at"),
+            ended_at=d.get("ended_at"),
             emitted_at=d["emitted_at"],
             schema_version=d["schema_version"],
         )

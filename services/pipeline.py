@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,6 +25,7 @@ import numpy as np
 from emomon.services.context import InMemoryContextStore
 from emomon.services.delivery import Delivery
 from emomon.services.events import EmotionEvent
+from emomon.services.metrics import Metrics
 from emomon.services.publish.base import Sink
 from emomon.services.queue.memory import InProcessQueue
 from emomon.services.settings import Settings
@@ -56,6 +57,7 @@ class PipelineStats(StreamStats):
 
     events: int = 0
     sink_ms: list[float] = field(default_factory=list)
+    by_session: dict[str, dict[str, int]] = field(default_factory=dict)  # utterances, events
     events_list: list[EmotionEvent] = field(default_factory=list)
 
 
@@ -66,21 +68,22 @@ def build_source(spec: str, settings: Settings) -> AudioSource:
     if spec.startswith("rtp://"):
         from emomon.streamer.sources.rtp import RtpSource
 
-        u = urlparse(spec)
-        if not u.hostname or u.port is None:
-            raise SourceError(f"RTP source needs rtp://HOST:PORT, got {spec!r}")
+        host, port = rtp_address(spec)
         return RtpSource(
-            u.hostname,
-            u.port,
+            host,
+            port,
             jitter_ms=s.rtp_jitter_ms,
             idle_timeout_s=s.rtp_idle_timeout_s,
             max_streams=s.rtp_max_streams,
+            max_streams_per_source=s.rtp_max_streams_per_source,
             allow=s.rtp_allow,
             payload_types=s.rtp_payload_types,
             ssrc_names=s.rtp_ssrc_names,
             sdp_path=s.rtp_sdp,
             exit_when_idle_s=s.rtp_exit_when_idle_s,
         )
+    if s.rtp_sdp:
+        raise SourceError(f"--sdp (source.rtp_sdp) applies to rtp:// sources only, not {spec!r}")
     if spec == "mic" or spec.startswith("mic:"):
         from emomon.streamer.sources.mic import MicSource
 
@@ -92,6 +95,21 @@ def build_source(spec: str, settings: Settings) -> AudioSource:
 
     path = spec[5:] if spec.startswith("file:") else spec
     return FileSource(path, realtime=s.realtime, max_channels=s.file_max_channels)
+
+
+def rtp_address(spec: str) -> tuple[str, int]:
+    """``(host, port)`` of ``rtp://HOST:PORT``; :class:`SourceError` (one line) for anything else."""
+    hint = "use rtp://HOST:PORT, e.g. rtp://0.0.0.0:5004 or rtp://[::]:5004"
+    try:
+        u = urlparse(spec)
+        port = u.port  # raises ValueError for a port out of 0..65535 or not a number
+    except ValueError as e:
+        raise SourceError(f"bad RTP source {spec!r}: {e} ({hint})") from e
+    if not u.hostname or port is None:
+        raise SourceError(f"bad RTP source {spec!r}: host or port missing ({hint})")
+    if u.path not in ("", "/") or u.query or u.fragment or u.username:
+        raise SourceError(f"bad RTP source {spec!r}: unexpected path, query or user ({hint})")
+    return u.hostname, port
 
 
 def default_session_id(spec: str) -> str:
@@ -160,7 +178,7 @@ def build_sinks(
     if settings.console.enabled:
         sinks.append(ConsoleSink(color=settings.console.color, show_session=len(sessions) > 1))
     if settings.jsonl.path:
-        sinks.append(JsonlSink(settings.jsonl.path))
+        sinks.append(JsonlSink(settings.jsonl.path, append=settings.jsonl.append))
     if settings.mqtt.url:
         from emomon.services.publish.mqtt import MqttSink
 
@@ -179,6 +197,7 @@ class Pipeline:
         sinks: Sequence[Sink],
         transcriber: Transcriber | None = None,
         worker: FusionWorker | None = None,
+        metrics: Metrics | None = None,
     ):
         self.settings = settings
         self.sinks = list(sinks)
@@ -189,15 +208,18 @@ class Pipeline:
         self.context = self.worker.use_context(
             InMemoryContextStore(ttl_s=settings.redis.context_ttl_s)
         )
-        self.delivery = Delivery(self.worker, self.sinks, self.context)
+        self.delivery = Delivery(self.worker, self.sinks, self.context, metrics)
         self.stats = PipelineStats()
         self.queue = InProcessQueue(settings.worker.queue_size)
+        self.ready = False  # models warm, sinks started, sources listening
 
     async def _front(self, session: str, source: AudioSource) -> None:
         try:
             async for utt in utterances(
                 source, self.settings, session, self.transcriber, self.stats
             ):
+                per = self.stats.by_session.setdefault(session, {"utterances": 0, "events": 0})
+                per["utterances"] += 1
                 await self.queue.put(utt)
         finally:
             await source.close()
@@ -212,6 +234,9 @@ class Pipeline:
             sink_ms = result.publish_s * 1000 / max(1, len(events))
             self.stats.sink_ms.extend([sink_ms] * len(events))
             self.stats.events += len(events)
+            for ev in events:
+                per = self.stats.by_session.setdefault(ev.session, {"utterances": 0, "events": 0})
+                per["events"] += 1
             self.stats.events_list.extend(events)
 
     def warm_up(self, cluster: bool) -> None:
@@ -231,12 +256,18 @@ class Pipeline:
                 shared_segmentation()  # likewise
 
     async def run(
-        self, sessions: Sequence[tuple[str, AudioSource]], stop: asyncio.Event | None = None
+        self,
+        sessions: Sequence[tuple[str, AudioSource]],
+        stop: asyncio.Event | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> PipelineStats:
         """Run until every source ends or ``stop`` is set; then drain within ``drain_timeout_s``.
 
-        Sources stop first (no new audio), what was already heard is segmented, transcribed
-        and classified, sinks are closed last. Errors of one source end that session only.
+        Models warm up first, then sinks start, then network sources bind (``start``): audio
+        that arrives is processed at once, never queued behind the warm-up; ``ready`` turns
+        true and ``on_ready`` is called only then (issue #15). Sources stop first (no new
+        audio), what was already heard is segmented, transcribed and classified, sinks are
+        closed last. Errors of one source end that session only.
         """
         stop = stop or asyncio.Event()
         if self.settings.warm_up:
@@ -254,6 +285,21 @@ class Pipeline:
                 with contextlib.suppress(Exception):
                     await sink.close()
             raise
+        try:
+            for _, src in sessions:
+                start = getattr(src, "start", None)
+                if start is not None:
+                    await start()
+        except BaseException:
+            for _, src in sessions:
+                await src.close()
+            for sink in reversed(started):
+                with contextlib.suppress(Exception):
+                    await sink.close()
+            raise
+        self.ready = True
+        if on_ready is not None:
+            on_ready()
         errors: list[BaseException] = []
         back = asyncio.create_task(self._back(), name="fusion-worker")
         fronts = [

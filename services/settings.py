@@ -296,6 +296,7 @@ class ConsoleSinkSettings(_Section):
 
 class JsonlSinkSettings(_Section):
     path: str | None = None
+    append: bool = Field(True, description="append to an existing file (false: overwrite it)")
 
 
 class MqttSettings(_Section):
@@ -354,7 +355,12 @@ class SourceSettings(_Section):
     rtp_idle_timeout_s: float = Field(5.0, gt=0)
     rtp_jitter_ms: int = Field(60, ge=0, le=2000)
     rtp_max_streams: int = Field(64, ge=1)
-    rtp_allow: tuple[str, ...] = ()
+    rtp_max_streams_per_source: int = Field(
+        4, ge=1, description="streams one sender address (host:port) may own (issue #18)"
+    )
+    rtp_allow: tuple[str, ...] = Field(
+        (), description="sender addresses/networks allowed; set it in production (issue #18)"
+    )
     rtp_payload_types: dict[int, str] = Field(
         default_factory=dict, description="PT -> 'L16/16000/1'"
     )
@@ -363,7 +369,9 @@ class SourceSettings(_Section):
         None, description="SDP file with a=rtpmap lines for dynamic payload types"
     )
     rtp_exit_when_idle_s: float | None = Field(
-        None, gt=0, description="end the run when no stream is active this long"
+        None,
+        gt=0,
+        description="end the run when no stream is active this long, counted from the first packet",
     )
     mic_channels: int | None = Field(None, ge=1, le=64)
     mic_samplerate: int | None = Field(None, ge=8000, le=192000)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from emomon.services.context import ContextEntry, ContextStore
 from emomon.services.delivery import context_store_for
-from emomon.services.events import EmotionEvent
+from emomon.services.events import EmotionEvent, iso_time
 from emomon.services.settings import WorkerSettings
 from emomon.streamer.config import set_torch_threads
 from emomon.streamer.utterance import Utterance
@@ -169,7 +169,7 @@ class FusionWorker:
         for u, p in zip(utts, preds, strict=True):
             stages = {k: v * 1000 for k, v in u.timings.items()}
             stages["fusion"] = fusion_s * 1000
-            latency_ms = (now - u.end_wall) * 1000
+            origin = u.origin_wall
             events.append(
                 EmotionEvent(
                     session=u.session,
@@ -183,7 +183,7 @@ class FusionWorker:
                     probabilities={k: float(v) for k, v in p.probabilities.items()},
                     modalities=tuple(p.modalities),
                     model_id=self.model.model_id,
-                    latency_ms=max(0.0, latency_ms),
+                    latency_ms=max(0.0, (now - u.end_wall) * 1000) if u.live else None,
                     stage_ms=stages,
                     text=u.text if self.settings.include_text else None,
                     language=u.language,
@@ -191,6 +191,9 @@ class FusionWorker:
                     context_turns=int(getattr(p, "context_turns", 0) or 0),
                     outcome=str(getattr(p, "outcome", "emotion") or "emotion"),
                     top_label=str(getattr(p, "top_label", "") or p.label),
+                    session_started_at=iso_time(origin),
+                    started_at=iso_time(None if origin is None else origin + u.start_s),
+                    ended_at=iso_time(None if origin is None else origin + u.end_s),
                     memory=m.tobytes() if (m := getattr(p, "memory", None)) is not None else None,
                 )
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -215,11 +216,18 @@ async def utterances(
     Item = tuple[SpeechSegment, str, bool, float, "asyncio.Future[Transcript]"]
     ready: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=64)
 
+    # A source that knows when each stretch of audio arrived (RTP: per packet) dates the end of
+    # speech by it, not by interpolating the clock of the last chunk, which may be silence
+    # released after the speech (issue #15).
+    arrival_of = getattr(source, "arrival_of", None)
+
     async def front() -> None:
         try:
             async for seg, who, provisional, spk_s in speech(
                 source.chunks(), segmenter, speakers, stats, end_of_turn
             ):
+                if arrival_of is not None and (at := arrival_of(seg.channel, seg.end_s)):
+                    seg = dataclasses.replace(seg, end_wall=at)
                 audio = seg.pcm.astype("float32") / 32768.0
                 asr = asyncio.ensure_future(transcriber.transcribe(audio))
                 await ready.put((seg, who, provisional, spk_s, asr))
@@ -228,6 +236,7 @@ async def utterances(
 
     task = asyncio.create_task(front(), name="speech")
     seq = 0
+    live = bool(getattr(source, "realtime", True))
     try:
         while (item := await ready.get()) is not None:
             seg, who, provisional, spk_s, asr = item
@@ -250,6 +259,8 @@ async def utterances(
                 language=tr.language,
                 asr_confidence=tr.confidence,
                 speaker_provisional=provisional,
+                origin_wall=getattr(source, "origin_wall", None),
+                live=live,
                 # end of speech -> segment closed (VAD hang-over or turn-change detection, plus
                 # any time the audio waited in a backlog), then the stages that followed.
                 timings={

@@ -33,9 +33,12 @@ class UtteranceDecodeError(ValueError):
 class Utterance:
     """One speaker's stretch of speech, cut by the segmenter and transcribed.
 
-    Times ``start_s``/``end_s`` are stream time in seconds from the start of the session;
-    ``end_wall`` is the wall-clock time (``time.time()``) at which end of speech was detected,
-    used for end-to-end latency. ``pcm`` is 16 kHz mono int16.
+    Times ``start_s``/``end_s`` are session time in seconds (one clock for every channel of
+    the session); ``origin_wall`` is the wall-clock time of session time 0 when the source
+    knows it. ``end_wall`` is the wall-clock time (``time.time()``) at which the end of speech
+    arrived (packet arrival, capture, real-time playout); ``live`` is False for a replay faster
+    than real time, where no arrival time exists and events claim no latency. ``pcm`` is
+    16 kHz mono int16.
     """
 
     session: str
@@ -50,6 +53,8 @@ class Utterance:
     language: str | None = None
     asr_confidence: float | None = None
     speaker_provisional: bool = False
+    origin_wall: float | None = None
+    live: bool = True
     # Stage timings in seconds, filled as the utterance moves down the pipeline.
     timings: dict[str, float] = field(default_factory=dict)
     # Whisper-encoder frames (T, D) float32 from the ASR pass; in-process only, never on the wire.

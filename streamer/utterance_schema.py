@@ -54,6 +54,8 @@ class UtteranceHeader(BaseModel):
     language: Annotated[str, StringConstraints(max_length=16)] | None = None
     asr_confidence: Annotated[float, Field(allow_inf_nan=False)] | None = None
     speaker_provisional: bool = False
+    origin_wall: Seconds | None = None  # wall-clock time of session time 0 (issue #15)
+    live: bool = True  # end_wall is an arrival time (False: a faster-than-real-time replay)
     timings: Annotated[dict[TimingKey, Seconds], Field(max_length=MAX_TIMINGS)] = Field(
         default_factory=dict
     )

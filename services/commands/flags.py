@@ -177,7 +177,18 @@ MODEL = FlagGroup(
 SINKS = FlagGroup(
     "sinks",
     (
-        Flag(("--jsonl",), "jsonl.path", "append events to FILE as JSON lines", metavar="FILE"),
+        Flag(
+            ("--jsonl",),
+            "jsonl.path",
+            "write events to FILE as JSON lines, appended to what it holds",
+            metavar="FILE",
+        ),
+        Flag(
+            ("--jsonl-overwrite",),
+            "jsonl.append",
+            "start the --jsonl file afresh instead of appending",
+            "off",
+        ),
         Flag(
             ("--mqtt-url", "--mqtt"),
             "mqtt.url",

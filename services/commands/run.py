@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from emomon.services.commands.common import (
     CliError,
@@ -18,6 +20,7 @@ from emomon.services.commands.common import (
 )
 from emomon.services.commands.flags import (
     DASHBOARD,
+    METRICS,
     MODEL,
     MQTT,
     RTP,
@@ -31,10 +34,14 @@ from emomon.services.commands.flags import (
     overrides,
 )
 from emomon.services.commands.sessions import open_sources
+from emomon.services.metrics import Metrics, metrics_server
 from emomon.services.publish.base import Sink
 from emomon.services.settings import Settings
 from emomon.services.signals import install_stop_handlers
 from emomon.streamer.sources.base import AudioSource
+
+if TYPE_CHECKING:
+    from emomon.services.pipeline import Pipeline, PipelineStats
 
 log = logging.getLogger("emomon.run")
 
@@ -50,7 +57,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="file:PATH | mic[:DEVICE] | rtp://HOST:PORT (repeatable: one session each)",
     )
-    add_flags(p, SESSION, RTP, *PIPELINE_FLAGS)
+    add_flags(p, SESSION, RTP, *PIPELINE_FLAGS, METRICS)
     add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -63,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(
             "no source given: use --source file:PATH, --source mic or --source rtp://HOST:PORT"
         )
-    settings = settings_from_args(args, overrides(args, SESSION, RTP, *PIPELINE_FLAGS))
+    settings = settings_from_args(args, overrides(args, SESSION, RTP, *PIPELINE_FLAGS, METRICS))
     setup_logging(settings.log_level)
     return run_sessions(settings, args.source)
 
@@ -79,14 +86,66 @@ def run_sessions(
         stats = asyncio.run(_run(settings, sessions, extra_sinks))
     except pipeline_errors() as e:
         raise CliError(str(e)) from e
+    except OSError as e:  # the metrics port taken, say: one line, not a traceback
+        raise CliError(f"cannot start: {e.strerror or e}") from e
     if stats is None:
         return 130
+    for line in summary_lines(stats, sessions):
+        print(line, file=sys.stderr)
     print(
         f"emomon: {stats.events} events from {stats.utterances} utterances "
         f"({len(sessions)} session{'s' if len(sessions) != 1 else ''})",
         file=sys.stderr,
     )
     return 0
+
+
+#: RTP counters in the end-of-run summary, in this order (issue #15)
+SUMMARY_RTP = (
+    "packets",
+    "lost",
+    "late",
+    "duplicate",
+    "reordered",
+    "unsupported_payload",
+    "comfort_noise",
+    "foreign_source",
+    "foreign_bye",
+    "streams_started",
+    "streams_resumed",
+)
+
+
+def summary_lines(stats: PipelineStats, sessions: Sequence[tuple[str, AudioSource]]) -> list[str]:
+    """One line per session: its events and utterances, and what its RTP receiver counted."""
+    lines = []
+    for sid, src in sessions:
+        per = stats.by_session.get(sid, {})
+        line = f"emomon: session {sid}: {per.get('events', 0)} events from {per.get('utterances', 0)} utterances"
+        rtp = rtp_stats(src)
+        if rtp is not None:
+            line += "; RTP " + ", ".join(f"{k} {rtp.get(k, 0)}" for k in SUMMARY_RTP)
+        lines.append(line)
+    return lines
+
+
+def rtp_stats(src: AudioSource) -> dict[str, int] | None:
+    """An RTP receiver's counters (``RtpSource.stats``), None for other sources."""
+    if not hasattr(src, "stats_by_ssrc"):
+        return None
+    stats = getattr(src, "stats", None)
+    return stats if isinstance(stats, dict) else None
+
+
+def ready_line(sessions: Sequence[tuple[str, AudioSource]], sinks: Sequence[Sink]) -> str:
+    """The line to wait for before sending audio: models are warm and every source is open."""
+    names = ", ".join(f"{src.name} (session {sid})" for sid, src in sessions)
+    line = f"emomon: ready: {names}"
+    for sink in sinks:
+        describe = getattr(sink, "describe", None)
+        if describe is not None:
+            line += f"; {describe()}"
+    return line
 
 
 async def _run(
@@ -110,8 +169,27 @@ async def _run(
         hub, page = await open_dashboard(settings, stack, "embedded")  # None without --dashboard
         outputs = [hub] if hub is not None else []
         sinks = [*build_sinks(settings, [s for s, _ in sessions], outputs), *extra_sinks]
-        pipeline = Pipeline(settings, sinks)
+        metrics = Metrics()
+        metrics.registry.register(RtpCollector(sessions))
+        pipeline = Pipeline(settings, sinks, metrics=metrics)
         stack.callback(pipeline.close)
+        server = metrics_server(
+            settings, metrics, functools.partial(run_health, pipeline, sessions)
+        )
+        if server is not None:
+            port = await server.start()
+            stack.push_async_callback(server.close)
+            print(
+                f"emomon: metrics and health on http://{settings.metrics.host}:{port}/metrics "
+                "and /healthz",
+                file=sys.stderr,
+            )
+
+        def on_ready() -> None:
+            line = ready_line(sessions, sinks)
+            log.info("%s", line)
+            print(line, file=sys.stderr, flush=True)
+
         stop = asyncio.Event()
         install_stop_handlers(
             stop,
@@ -122,10 +200,42 @@ async def _run(
             ),
         )
         try:
-            stats = await pipeline.run(sessions, stop)
+            stats = await pipeline.run(sessions, stop, on_ready=on_ready)
             if hub is not None:
                 await linger(settings, hub, page, stop, stats.events)
             return stats
         except asyncio.CancelledError:
             print("emomon: forced stop; in-flight utterances were abandoned", file=sys.stderr)
             return None
+
+
+def run_health(
+    pipeline: Pipeline, sessions: Sequence[tuple[str, AudioSource]]
+) -> tuple[bool, dict[str, Any]]:
+    """``/healthz`` of ``emomon run``: unhealthy until ready (models warm, sources open)."""
+    detail: dict[str, Any] = {"ready": pipeline.ready, "events": pipeline.stats.events}
+    rtp = {sid: st for sid, src in sessions if (st := rtp_stats(src)) is not None}
+    if rtp:
+        detail["rtp"] = rtp
+    return pipeline.ready, detail
+
+
+class RtpCollector:
+    """Prometheus view of the RTP receivers' counters, read at scrape time:
+    ``emomon_rtp_total{session, counter}`` (``streams_active`` included, a level, not a total)."""
+
+    def __init__(self, sessions: Sequence[tuple[str, AudioSource]]) -> None:
+        self.sessions = sessions
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "emomon_rtp_total",
+            "RTP receiver counters per session (packets, lost, late, foreign_source, ...)",
+            labels=["session", "counter"],
+        )
+        for sid, src in self.sessions:
+            for key, value in (rtp_stats(src) or {}).items():
+                family.add_metric([sid, key], float(value))
+        yield family

@@ -30,9 +30,10 @@ def session_ids(session: str | None, specs: Sequence[str]) -> list[str]:
 
 
 def open_sources(settings: Settings, specs: Sequence[str]) -> list[tuple[str, AudioSource]]:
-    """Open every source before any model loads, so a bad path fails in a second, not ten.
+    """Check every source before any model loads, so a bad path or port fails in a second.
 
-    Network sources bind their ports now: packets wait in the kernel while the models load.
+    Network sources only try their ports here (``check_port``); they bind for real after the
+    models warmed up (:meth:`Pipeline.run`), so no audio queues behind the warm-up (issue #15).
     """
     from emomon.services.pipeline import build_source
 
@@ -40,9 +41,9 @@ def open_sources(settings: Settings, specs: Sequence[str]) -> list[tuple[str, Au
     for sid, spec in zip(session_ids(settings.source.session, specs), specs, strict=True):
         try:
             src = build_source(spec, settings)
-            bind = getattr(src, "bind", None)
-            if bind is not None:
-                bind()
+            check = getattr(src, "check_port", None)
+            if check is not None:
+                check()
         except SourceError as e:
             raise CliError(f"cannot open source: {e}") from e
         sessions.append((sid, src))

@@ -44,9 +44,11 @@ class ConsoleSink:
         sess = f"{ev.session} " if self.show_session else ""
         text = f'  "{ev.text}"' if ev.text else ""
         mods = "+".join(ev.modalities) or "none"
+        # a replay faster than real time has no arrival time to measure latency from (#15)
+        lat = "replay" if ev.latency_ms is None else f"{ev.latency_ms:.0f} ms"
         return (
             f"{sess}[{_clock(ev.start_s)}-{_clock(ev.end_s)}] {who:<11} {label} {ev.confidence:4.2f}"
-            f"  ({mods}, {ev.latency_ms:.0f} ms){text}"
+            f"  ({mods}, {lat}){text}"
         )
 
     async def publish(self, event: EmotionEvent) -> None:

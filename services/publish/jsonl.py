@@ -11,19 +11,37 @@ from emomon.services.publish.base import SinkError
 
 
 class JsonlSink:
+    """Events to one file; ``append=False`` truncates it at start (``--jsonl-overwrite``)."""
+
     name = "jsonl"
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], append: bool = True):
         self.path = Path(path)
+        self.append = append
         self._f: TextIO | None = None
         self.written = 0
+        self.existing_lines = 0  # lines already in the file when it was opened for appending
 
     async def start(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = self.path.open("a", encoding="utf-8")
+            if self.append and self.path.is_file():
+                with self.path.open("rb") as f:
+                    self.existing_lines = sum(1 for _ in f)
+            self._f = self.path.open("a" if self.append else "w", encoding="utf-8")
         except OSError as e:
             raise SinkError(f"cannot write events to {self.path}: {e.strerror}") from e
+
+    def describe(self) -> str:
+        """How the file is written, for the start-up line (issue #15: say whether it appends)."""
+        if not self.append:
+            return f"writing events to {self.path} (overwritten)"
+        if self.existing_lines:
+            return (
+                f"appending events to {self.path} after its {self.existing_lines} existing "
+                "lines (--jsonl-overwrite to start it afresh)"
+            )
+        return f"writing events to {self.path} (new file)"
 
     async def publish(self, event: EmotionEvent) -> None:
         if self._f is None:

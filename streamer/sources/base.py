@@ -41,7 +41,13 @@ class AudioChunk:
 
 @runtime_checkable
 class AudioSource(Protocol):
-    """A live or recorded audio source. ``chunks()`` never blocks the event loop."""
+    """A live or recorded audio source. ``chunks()`` never blocks the event loop.
+
+    Optional attributes the pipeline reads with defaults (issue #15): ``realtime`` (default
+    True) says whether ``wall_end`` is when the audio arrived (live capture, RTP, real-time
+    replay) — only then do events claim a latency; ``origin_wall`` (default None) is the
+    wall-clock time of the session's time 0 (RTP: the first packet; files: the file start).
+    """
 
     name: str
     multi_speaker_channels: (

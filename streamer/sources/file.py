@@ -221,7 +221,8 @@ class FileSource:
     ):
         self.path = Path(path)
         self.name = f"file:{self.path}"
-        self.realtime = realtime
+        self.realtime = realtime  # chunks' wall_end are playout times (else: read times)
+        self.origin_wall: float | None = None  # wall-clock time of the file's start (session 0)
         if chunk_ms is None:
             chunk_ms = CHUNK_MS
         if chunk_ms < 1:
@@ -249,6 +250,7 @@ class FileSource:
         pos = 0  # samples emitted per channel
         t0 = time.monotonic()
         t0_wall = time.time()
+        self.origin_wall = t0_wall
         done = False
         while not done and not self._closed.is_set():
             # Decode ~1 s at a time in a worker thread so the loop stays free.

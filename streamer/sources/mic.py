@@ -139,6 +139,7 @@ class MicSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stream: Any = None
         self._closed = False
+        self.origin_wall: float | None = None  # wall-clock time of the first captured sample
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """PortAudio thread: copy the block and hand it to the loop. Must never block."""
@@ -200,6 +201,8 @@ class MicSource:
                     break
                 block, captured = item
                 self.stats["blocks"] += 1
+                if self.origin_wall is None:
+                    self.origin_wall = captured - block.shape[0] / self.samplerate
                 for ch in range(self.channels):
                     pcm = to_int16(resamplers[ch].process(block[:, ch]))
                     if pcm.size:

@@ -2,9 +2,17 @@
 
 Dynamic payload types (96–127) mean nothing without signalling. emomon takes the mapping from
 settings (``rtp_payload_types = {96 = "L16/16000/1"}``) or from the ``a=rtpmap`` lines of an SDP
-file (what ``ffmpeg -sdp_file`` writes and what a SIP/ARI integration already has). Only the
-codecs emomon can decode are *supported*; the others are kept so packets using them are counted
-as ``unsupported_payload`` rather than ``malformed``.
+file (what ``ffmpeg -sdp_file`` writes and what a SIP/ARI integration already has).
+
+Encodings fall in three kinds: *audio* that emomon decodes (PCMU, PCMA, L16, G722, OPUS),
+*signalling* payloads that carry no speech and are consumed quietly (CN comfort noise, RFC 3389:
+silence; telephone-event, RFC 4733: DTMF), and everything else, which is *unsupported*: an SDP
+may offer such codecs (they are kept so their packets are counted as ``unsupported_payload``,
+not ``malformed``), but naming one in ``rtp_payload_types`` is a start-up error (issue #15).
+
+Two clock quirks: G.722 is 16 kHz audio on an 8000 Hz RTP clock (RFC 3551 §4.5.2), and Opus is
+always ``opus/48000/2`` in SDP whatever the audio (RFC 7587); :attr:`PayloadFormat.audio_rate_hz`
+is the rate the decoder outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +24,11 @@ from pathlib import Path
 
 from emomon.streamer.sources.base import SourceError
 
-SUPPORTED_ENCODINGS = frozenset({"PCMU", "PCMA", "L16"})
+AUDIO_ENCODINGS = frozenset({"PCMU", "PCMA", "L16", "G722", "OPUS"})
+SIGNALLING_ENCODINGS = frozenset({"CN", "TELEPHONE-EVENT"})
+SUPPORTED_ENCODINGS = AUDIO_ENCODINGS | SIGNALLING_ENCODINGS
+# decoded audio rate where it differs from the RTP clock (RFC 3551 §4.5.2, RFC 7587 §4.1)
+_AUDIO_RATE_HZ = {"G722": 16000, "OPUS": 48000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +41,17 @@ class PayloadFormat:
 
     @property
     def supported(self) -> bool:
+        """emomon knows what to do with it: decode it, or (CN, DTMF) take it as no speech."""
         return self.encoding in SUPPORTED_ENCODINGS
+
+    @property
+    def is_audio(self) -> bool:
+        return self.encoding in AUDIO_ENCODINGS
+
+    @property
+    def audio_rate_hz(self) -> int:
+        """Samples per second the decoder puts out (G.722: 16000 on its 8000 Hz RTP clock)."""
+        return _AUDIO_RATE_HZ.get(self.encoding, self.clock_rate_hz)
 
     def __str__(self) -> str:
         return f"{self.encoding}/{self.clock_rate_hz}/{self.channels}"
@@ -39,8 +61,10 @@ class PayloadFormat:
 STATIC_PAYLOAD_TYPES: Mapping[int, PayloadFormat] = {
     0: PayloadFormat("PCMU", 8000, 1),
     8: PayloadFormat("PCMA", 8000, 1),
+    9: PayloadFormat("G722", 8000, 1),
     10: PayloadFormat("L16", 44100, 2),
     11: PayloadFormat("L16", 44100, 1),
+    13: PayloadFormat("CN", 8000, 1),
 }
 
 
@@ -67,6 +91,10 @@ def parse_encoding(text: str) -> PayloadFormat:
         raise ValueError(f"payload format {text!r}: {channels} channels is out of range 1..8")
     if encoding in ("PCMU", "PCMA") and (rate != 8000 or channels != 1):
         raise ValueError(f"payload format {text!r}: G.711 is 8000 Hz mono")
+    if encoding == "G722" and rate != 8000:
+        raise ValueError(f"payload format {text!r}: G.722's RTP clock is 8000 (RFC 3551)")
+    if encoding == "OPUS" and rate != 48000:
+        raise ValueError(f"payload format {text!r}: Opus's RTP clock is 48000 (RFC 7587)")
     return PayloadFormat(encoding, rate, channels)
 
 
@@ -80,6 +108,7 @@ class SessionDescription:
     rtcp_mux: bool = False
 
 
+_RFC_CLOCK = {"G722": PayloadFormat("G722", 8000, 1), "OPUS": PayloadFormat("OPUS", 48000, 2)}
 _RTPMAP = re.compile(r"^a=rtpmap:(\d+)\s+(\S+)\s*$")
 _MEDIA = re.compile(r"^m=audio\s+(\d+)\s+\S+(?:\s+(.*))?$")
 _CONN = re.compile(r"^c=IN\s+IP[46]\s+([^/\s]+)")
@@ -116,11 +145,14 @@ def parse_sdp(text: str) -> SessionDescription:
             try:
                 pts[pt] = parse_encoding(m.group(2))
             except ValueError:
-                # A codec emomon cannot decode (opus/48000/2, telephone-event/8000): remember it
-                # so its packets are reported as unsupported, not as garbage.
+                # A codec emomon cannot decode (G729/8000, AMR-WB/16000): remember it so its
+                # packets are reported as unsupported, not as garbage.
                 enc, _, rest = m.group(2).partition("/")
                 rate = rest.split("/")[0]
-                pts[pt] = PayloadFormat(enc.upper(), int(rate) if rate.isdigit() else 0, 1)
+                fmt = PayloadFormat(enc.upper(), int(rate) if rate.isdigit() else 0, 1)
+                # "G722/16000" or "opus/16000" in an SDP are common mistakes; the timestamps
+                # still run at the RFC's clock (RFC 3551 §4.5.2, RFC 7587), so take that.
+                pts[pt] = _RFC_CLOCK.get(fmt.encoding, fmt)
         elif line == "a=rtcp-mux" and in_audio:
             mux = True
     return SessionDescription(pts, port, address, mux)
@@ -157,7 +189,18 @@ def payload_map(
         if not 0 <= pt_i <= 127:
             raise SourceError(f"rtp_payload_types: payload type {pt_i} must be 0..127")
         try:
-            out[pt_i] = parse_encoding(text)
+            fmt = parse_encoding(text)
         except ValueError as e:
             raise SourceError(f"rtp_payload_types[{pt_i}]: {e}") from e
+        if not fmt.supported:
+            raise SourceError(
+                f"rtp_payload_types[{pt_i}]: emomon cannot decode {fmt.encoding} "
+                f"(supported: {', '.join(sorted(SUPPORTED_ENCODINGS))})"
+            )
+        out[pt_i] = fmt
     return out
+
+
+def undecodable(formats: Mapping[int, PayloadFormat]) -> list[str]:
+    """``"PT 18 (G729/8000/1)"`` for each mapped payload type emomon cannot decode."""
+    return [f"PT {pt} ({fmt})" for pt, fmt in sorted(formats.items()) if not fmt.supported]

@@ -32,7 +32,23 @@ CODECS: dict[str, tuple[list[str], int]] = {
     "pcmu": (["-ar", "8000", "-ac", "1", "-acodec", "pcm_mulaw"], 12 + 160),
     "pcma": (["-ar", "8000", "-ac", "1", "-acodec", "pcm_alaw"], 12 + 160),
     "l16": (["-ar", "16000", "-ac", "1", "-acodec", "pcm_s16be"], 12 + 640),
+    # G.722: PT 9, 16 kHz audio on the 8000 Hz RTP clock, 160 bytes per 20 ms
+    "g722": (["-ar", "16000", "-ac", "1", "-acodec", "g722"], 12 + 160),
+    # Opus: a dynamic PT (OPUS_PT, announced by opus_sdp()), one 20 ms frame per packet
+    "opus": (
+        ["-ar", "48000", "-ac", "1", "-acodec", "libopus", "-b:a", "32k", "-payload_type", "111"],
+        1400,
+    ),
 }
+OPUS_PT = 111
+# RTP clock rate per codec (what the timestamps count)
+CLOCK_HZ = {"pcmu": 8000, "pcma": 8000, "l16": 16000, "g722": 8000, "opus": 48000}
+
+
+def opus_sdp(path: Path) -> Path:
+    """The SDP a SIP peer would send for the Opus sender above (RFC 7587: always /48000/2)."""
+    path.write_text(f"v=0\nm=audio 0 RTP/AVP {OPUS_PT}\na=rtpmap:{OPUS_PT} opus/48000/2\n")
+    return path
 
 
 def load_call() -> np.ndarray:
@@ -45,7 +61,7 @@ def load_call() -> np.ndarray:
 def reference(codec: str, start_s: float, dur_s: float) -> np.ndarray:
     """What the receiver should get back: the excerpt, band-limited through 8 kHz for G.711."""
     x = load_call()[int(start_s * SR) : int((start_s + dur_s) * SR)].astype(np.float64)
-    if codec in ("pcmu", "pcma"):
+    if codec in ("pcmu", "pcma", "g722"):  # G.722's upper band is coarse: compare the lower
         x = resample_poly(resample_poly(x, 1, 2), 2, 1)
     return x
 
@@ -243,3 +259,130 @@ class LossyRelay(asyncio.DatagramProtocol):
         distinct = set(ext)
         lost = (max(distinct) - min(distinct) + 1) - len(distinct)
         return lost, len(ext) - len(distinct)
+
+
+def write_wav(path: Path, pcm: np.ndarray) -> Path:
+    """16 kHz mono int16 WAV."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+    return path
+
+
+def speech_with_gaps(parts: Sequence[tuple[float, float] | float]) -> np.ndarray:
+    """Excerpts of the call ``(start_s, dur_s)`` and digital silences (a float: seconds)."""
+    call = load_call()
+    out = []
+    for p in parts:
+        if isinstance(p, tuple):
+            out.append(call[int(p[0] * SR) : int((p[0] + p[1]) * SR)])
+        else:
+            out.append(np.zeros(int(p * SR), dtype=np.int16))
+    return np.concatenate(out)
+
+
+class DtxRelay(asyncio.DatagramProtocol):
+    """What a phone with silence suppression sends, made from an ffmpeg stream: packets whose
+    media time falls in one of ``silences`` (seconds from the first packet) are not sent, the
+    sequence numbers are renumbered without holes (RFC 3551: DTX skips timestamps, not
+    sequence numbers), the first packet of a talkspurt gets the marker bit, and with ``cn`` a
+    comfort-noise packet (PT 13, RFC 3389) opens each silence. RTCP goes through the RTP
+    socket (rtcp-mux). Every packet sent is logged: ``(wall time, sequence, timestamp, PT)``.
+
+    ``pace_s``: send each packet at its media time plus this delay, 20 ms apart as a phone
+    does, instead of in ffmpeg's 128 ms bursts (ffmpeg ``-re`` sends ahead of time, so a small
+    delay is enough to have every packet in hand when its time comes).
+    """
+
+    def __init__(
+        self,
+        target: tuple[str, int],
+        clock_hz: int,
+        silences: Sequence[tuple[float, float]],
+        *,
+        cn: bool = True,
+        pace_s: float | None = None,
+    ) -> None:
+        self.target, self.clock_hz, self.silences, self.cn = target, clock_hz, silences, cn
+        self.pace_s = pace_s
+        self._t0: float | None = None
+        self.sent: list[tuple[float, int, int, int]] = []
+        self.suppressed = 0
+        self.cn_sent = 0
+        self.rtcp = 0
+        self._ts0: int | None = None
+        self._seq: int | None = None
+        self._silent = False
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:
+            self.transport = transport  # type: ignore[assignment]
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, self.target)
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
+        if is_rtcp(data):
+            self.rtcp += 1
+            if self.pace_s is None:
+                self._send(data)
+            else:  # after the audio it follows
+                asyncio.get_running_loop().call_later(self.pace_s + 0.1, self._send, data)
+            return
+        seq, ts = int.from_bytes(data[2:4], "big"), int.from_bytes(data[4:8], "big")
+        if self._ts0 is None:
+            self._ts0, self._seq, self._t0 = ts, seq, time.monotonic()
+        t = ((ts - self._ts0) % (1 << 32)) / self.clock_hz
+        if self.pace_s is not None:
+            assert self._t0 is not None
+            loop = asyncio.get_running_loop()
+            delay = self._t0 + self.pace_s + t - time.monotonic()
+            loop.call_later(max(0.0, delay), self._relay, data, ts, t)
+            return
+        self._relay(data, ts, t)
+
+    def _relay(self, data: bytes, ts: int, t: float) -> None:
+        if any(a <= t < b for a, b in self.silences):
+            if not self._silent and self.cn:
+                self._out(bytes([0x80, 13]) + data[2:12] + bytes([60]), ts, 13)  # -60 dBov
+                self.cn_sent += 1
+            self._silent = True
+            self.suppressed += 1
+            return
+        b1 = data[1] | (0x80 if self._silent else 0)  # marker: the talkspurt starts again
+        self._silent = False
+        self._out(bytes([data[0], b1]) + data[2:], ts, data[1] & 0x7F)
+
+    def _out(self, data: bytes, ts: int, pt: int) -> None:
+        assert self._seq is not None
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFFFF
+        packet = data[:2] + seq.to_bytes(2, "big") + data[4:]
+        self.sent.append((time.time(), seq, ts, pt))
+        self._send(packet)
+
+    def send_time_of(self, media_s: float) -> float:
+        """Wall time the packet holding media time ``media_s`` (from the first packet) was sent."""
+        assert self._ts0 is not None
+        best = None
+        for wall, _, ts, pt in self.sent:
+            if pt == 13:
+                continue
+            if ((ts - self._ts0) % (1 << 32)) / self.clock_hz <= media_s + 1e-9:
+                best = wall
+        assert best is not None
+        return best
+
+
+async def start_relay(
+    loop: asyncio.AbstractEventLoop, proto: asyncio.DatagramProtocol, port: int
+) -> list[asyncio.BaseTransport]:
+    """Bind ``proto`` on ``port`` and ``port + 1`` (where ffmpeg sends RTP and RTCP)."""
+    return [
+        (await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", p)))[0]
+        for p in (port, port + 1)
+    ]

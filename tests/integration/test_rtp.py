@@ -79,13 +79,11 @@ def test_ffmpeg_sends_the_call(codec: str, tmp_path: Path) -> None:
     pcm = got.audio("ssrc-cafe0001")
     st = src.stats
     assert st["streams_started"] == st["streams_ended"] == 1
-    assert (
-        st["lost"],
-        st["late"],
-        st["duplicate"],
-        st["malformed"],
-        st["unsupported_payload"],
-    ) == (0, 0, 0, 0, 0)
+    assert (st["lost"], st["duplicate"], st["malformed"], st["unsupported_payload"]) == (0, 0, 0, 0)
+    # ffmpeg's 182 ms PCMA packets: its last, 2 ms packet (flushed at end of file) may come
+    # after its media time was already played as silence (the receiver no longer waits for
+    # packets that may never come, #15): counted as late.
+    assert st["late"] <= (1 if codec == "pcma" else 0)
     assert st["rtcp"] >= 1  # sender reports and the BYE on port+1
     # Ended by the BYE, not the 3 s idle timeout.
     assert st["streams_ended_bye"] == 1 and chunks[-1].final
@@ -93,7 +91,8 @@ def test_ffmpeg_sends_the_call(codec: str, tmp_path: Path) -> None:
     # Timeline: contiguous from 0, as long as the excerpt.
     assert chunks[0].start_s == 0.0
     assert all(abs(b.start_s - a.end_s) < 1e-6 for a, b in zip(chunks, chunks[1:], strict=False))
-    assert abs(pcm.size / SR - DUR_S) < 0.05
+    # as long as the excerpt, plus the silence that came due before the BYE arrived (#15)
+    assert DUR_S - 0.05 < pcm.size / SR < DUR_S + 0.3
     # Same audio, same time: aligned within 1 sample (0.06 ms), SNR above the floor.
     m = compare(pcm, reference(codec, START_S, DUR_S))
     assert abs(m.lag_samples) <= 1, m
@@ -175,7 +174,8 @@ def test_lossy_relay_counts_match_the_relay_log(seed: int) -> None:
     assert (per["lost"], per["duplicate"]) == (lost, dup)
     # The audio is all there in time order: lost 20 ms packets are silence, the rest matches.
     pcm = got.audio("ssrc-0000002a")
-    assert abs(pcm.size / SR - DUR_S) < 0.05
+    # as long as the excerpt, plus the silence that came due before the BYE arrived (#15)
+    assert DUR_S - 0.05 < pcm.size / SR < DUR_S + 0.3
     m = compare(pcm, reference("pcmu", START_S, DUR_S))
     assert abs(m.lag_samples) <= 1 and m.corr > 0.9, m
 

@@ -4,7 +4,10 @@ The package follows the data path of one datagram:
 
 - :mod:`.udp` - the sockets (RTP on the port, RTCP on port+1), read a batch per wake-up;
 - :mod:`.packets` - RTP/RTCP header parsing and validation (RFC 3550, RFC 5761);
+- :mod:`.streams` - which SSRCs become streams (probation, latching, caps), the session clock;
+- :mod:`.playout` - a stream's media clock: when silence that did not arrive is due;
 - :mod:`.stream` - one SSRC's jitter buffer, payload decoding and 16 kHz timeline;
+- :mod:`.codecs` - payload decoders (G.711, L16; G.722 and Opus through PyAV);
 - :mod:`.counters` - what the receiver counts, ended streams included;
 - :mod:`.source` - :class:`RtpSource`, which ties them together and owns the streams' lives.
 """

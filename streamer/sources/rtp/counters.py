@@ -22,12 +22,25 @@ RECEIVER_COUNTERS = (
     "rtcp",
     "unsupported_payload",
     "rejected_source",
+    "foreign_source",
+    "foreign_bye",
+    "over_source_cap",
     "over_stream_cap",
     "streams_started",
+    "streams_resumed",
+    "streams_unconfirmed",
     "streams_ended",
     "streams_ended_bye",
 )
-_JITTER_COUNTERS = ("late", "lost", "duplicate", "reordered", "buffer_overflow")
+_JITTER_COUNTERS = (
+    "late",
+    "lost",
+    "duplicate",
+    "reordered",
+    "buffer_overflow",
+    "comfort_noise",
+    "telephone_event",
+)
 
 
 class ReceiverCounters:
@@ -81,9 +94,12 @@ class RateLimitedLog:
     Garbage datagrams can arrive by the thousand per second; one line a second says as much.
     """
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval_s: float = 1.0, level: int = logging.DEBUG
+    ) -> None:
         self.logger = logger
         self.interval_s = interval_s
+        self.level = level
         self._last = -1e9
         self._suppressed = 0
 
@@ -94,4 +110,4 @@ class RateLimitedLog:
             return
         extra = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
         self._last, self._suppressed = now, 0
-        self.logger.debug(msg + extra, *args)
+        self.logger.log(self.level, msg + extra, *args)

@@ -3,57 +3,63 @@
 The receive path is a non-blocking UDP socket read by the event loop (a batch of datagrams
 per wake-up); per datagram it only parses the 12-byte RTP header (RFC 3550 §5.1: CSRC list,
 header extension, padding, marker) and pushes the packet into that SSRC's
-:class:`~emomon.streamer.sources.jitter.JitterBuffer`. Decoding (G.711 / L16), silence fill
+:class:`~emomon.streamer.sources.jitter.JitterBuffer`. Decoding (G.711, L16, G.722, Opus), silence
 from the RTP timestamps and resampling to 16 kHz happen in :meth:`RtpSource.chunks` when the
 buffer releases packets, and only for streams that received something, so the cost per packet
 does not grow with the number of streams and a burst never stalls the loop for long.
 
 What a real network does to a call — reordering, loss, duplicates, sequence and timestamp
-wrap-around, a sender that restarts, RTCP on the same port (rtcp-mux, told apart by RFC 5761
-§4) or on port+1, garbage datagrams, strangers sending to the port — is counted in
-:attr:`RtpSource.stats` and never raises. A stream ends on RTCP BYE or after
-``idle_timeout_s`` without packets; its last chunk has ``final=True``.
+wrap-around, a sender that restarts, silence suppression and comfort noise, RTCP on the same
+port (rtcp-mux, told apart by RFC 5761 §4) or on port+1, garbage datagrams, strangers sending
+to the port — is counted in :attr:`RtpSource.stats` and never raises.
+
+Time (issue #15): silence that did not arrive is released when it is due (:mod:`.playout`),
+so media time moves on for the segmenter through DTX gaps and after a stream stops; every
+datagram carries its kernel receive time (:mod:`.udp`), from which latency is measured. A
+stream ends on RTCP BYE from its own sender or after ``idle_timeout_s`` without packets; its
+last chunk has ``final=True``. Which SSRCs become streams, who owns them and the one session
+clock are :mod:`.streams`' business (issues #15, #18).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from emomon.streamer.sources.base import AudioChunk, SourceError
-from emomon.streamer.sources.jitter import JitterBuffer
+from emomon.streamer.sources.rtp import codecs
 from emomon.streamer.sources.rtp.counters import RateLimitedLog, ReceiverCounters
 from emomon.streamer.sources.rtp.packets import (
-    RtpPacket,
     RtpParseError,
     is_rtcp,
     parse_rtcp_bye,
     parse_rtp,
     parse_ssrc,
-    ssrc_channel,
 )
 from emomon.streamer.sources.rtp.stream import QueuedPayload, RtpStream
+from emomon.streamer.sources.rtp.streams import (
+    PROBATION_TIMEOUT_S,
+    AllowList,
+    StreamLimits,
+    StreamTable,
+)
 from emomon.streamer.sources.rtp.udp import UdpListener, format_host
-from emomon.streamer.sources.sdp import PayloadFormat, load_sdp, payload_map
+from emomon.streamer.sources.sdp import PayloadFormat, load_sdp, payload_map, undecodable
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
 CHUNK_MS = 20
 MAX_IDLE_DEFER_S = 1.0  # longest an idle decision waits for a socket backlog to be read
-JITTER_MAX_PACKETS = 512  # per stream: ~10 s of 20 ms packets if the consumer stalls
-# SSRCs whose first-packet time is remembered (resumed streams keep their clock)
-ORIGINS_KEPT = 4096
 
 
 class RtpSource:
     """Receive RTP audio on ``host:port``; yield 16 kHz chunks per SSRC (see module docstring)."""
 
     multi_speaker_channels = False  # one SSRC = one participant
+    realtime = True  # chunks' wall_end are arrival times
 
     def __init__(
         self,
@@ -63,6 +69,7 @@ class RtpSource:
         jitter_ms: int = 60,
         idle_timeout_s: float = 5.0,
         max_streams: int = 64,
+        max_streams_per_source: int = 4,
         allow: Sequence[str] = (),
         payload_types: Mapping[int, str] | None = None,
         ssrc_names: Mapping[str, str] | None = None,
@@ -72,51 +79,67 @@ class RtpSource:
     ) -> None:
         if not 0 <= port <= 65535:
             raise SourceError(f"RTP port {port} is out of range 0..65535")
-        if jitter_ms < 0 or idle_timeout_s <= 0 or max_streams < 1 or chunk_ms < 1:
+        if (
+            jitter_ms < 0
+            or idle_timeout_s <= 0
+            or max_streams < 1
+            or max_streams_per_source < 1
+            or chunk_ms < 1
+        ):
             raise SourceError(
-                "RTP settings: jitter_ms >= 0, idle_timeout_s > 0, max_streams >= 1 required"
+                "RTP settings: jitter_ms >= 0, idle_timeout_s > 0, max_streams >= 1 and "
+                "max_streams_per_source >= 1 required"
             )
         self.host, self.port = host, port
         self.name = f"rtp://{format_host(host)}:{port}"
         self.jitter_s = jitter_ms / 1000.0
         self.idle_timeout_s = idle_timeout_s
         self.max_streams = max_streams
+        self.max_streams_per_source = max_streams_per_source
         self.exit_when_idle_s = exit_when_idle_s
         self.chunk_samples = SAMPLE_RATE_HZ * chunk_ms // 1000
         sdp = load_sdp(sdp_path) if sdp_path else None
         self.formats: dict[int, PayloadFormat] = payload_map(payload_types, sdp)
+        codecs.preload()  # PT 9 (G.722) is always mapped
+        if sdp is not None and (bad := undecodable(sdp.payload_types)):
+            log.warning(
+                "SDP %s offers codecs emomon cannot decode: %s; their packets will be dropped "
+                "and counted (unsupported_payload)",
+                sdp_path,
+                ", ".join(bad),
+            )
         self.rtcp_mux_only = False
-        try:
-            self._allow = [ipaddress.ip_network(a.strip(), strict=False) for a in allow]
-        except ValueError as e:
-            raise SourceError(
-                f"rtp_allow: {e} (use addresses or CIDR networks like 10.0.0.0/8)"
-            ) from e
+        self._allow = AllowList(allow)
         self._names = {parse_ssrc(k): v for k, v in (ssrc_names or {}).items()}
         self._udp = UdpListener(host, port, self._on_datagram)
         self._dirty: set[int] = set()  # SSRCs with new packets since the consumer last looked
         self._next_scan = 0.0  # when every stream's deadlines (gap, idle, BYE) must be checked
         self._defer_since: float | None = None  # an idle decision waiting for a socket backlog
-        self._streams: dict[int, RtpStream] = {}
-        self._origins: OrderedDict[int, float] = OrderedDict()
-        self._byed: OrderedDict[int, float] = OrderedDict()  # ssrc -> ignore stragglers until
-        self._allow_cache: dict[str, bool] = {}
+        self._wall_offset_s = time.time() - time.monotonic()
+        self._first_packet_s: float | None = None
         self._counters = ReceiverCounters()
         self._totals = self._counters.totals
+        self._log_malformed = RateLimitedLog(log)
+        limits = StreamLimits(
+            self.jitter_s, idle_timeout_s, max_streams, max_streams_per_source, self.chunk_samples
+        )
+        self._table = StreamTable(
+            limits, self._counters, self._names, self._wall_offset_s, self._log_malformed
+        )
+        self._streams = self._table.streams  # active streams by SSRC
         self._started = False
         self._closing = False
         self._consuming = False
         self._waiter: asyncio.Future[None] | None = None
         self._last_activity = time.monotonic()
-        self._log_malformed = RateLimitedLog(log)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def bind(self) -> None:
         """Bind the UDP socket(s) now, without an event loop. Idempotent.
 
-        Call it before anything slow (loading models): a port in use then fails at once, and
-        packets sent meanwhile wait in the kernel's receive buffer instead of being refused;
-        :meth:`start` (or :meth:`chunks`) begins reading them.
+        Packets sent after it wait in the kernel's receive buffer until :meth:`start` (or
+        :meth:`chunks`) reads them. ``emomon run`` binds only after its models warmed up, so
+        that nothing queues behind the warm-up (#15); :meth:`check_port` tests the port first.
         """
         if self._udp.bound:
             return
@@ -124,6 +147,15 @@ class RtpSource:
         self.name = f"rtp://{format_host(self.host)}:{self.bound_port}"
         self._last_activity = time.monotonic()
         log.info("listening for RTP on %s", self.name)
+
+    def check_port(self) -> None:
+        """Bind and release the port at once: a busy or invalid address fails in a second, before
+        models load, while the packets of a sender that starts early are refused rather than
+        queued behind the warm-up (issue #15: :meth:`start` binds for real once ready)."""
+        if self._udp.bound:
+            return
+        self._udp.bind()
+        self._udp.close()
 
     async def start(self) -> None:
         """Bind (unless :meth:`bind` was called) and start reading on the running loop. Idempotent."""
@@ -144,6 +176,18 @@ class RtpSource:
         self._wake()
 
     @property
+    def origin_wall(self) -> float | None:
+        """Wall-clock time (``time.time()``) of session time 0: the first stream's first packet."""
+        origin = self._table.origin_s
+        return None if origin is None else origin + self._wall_offset_s
+
+    def arrival_of(self, channel: str, t_s: float) -> float | None:
+        """Wall-clock time (``time.time()``) at which the audio of ``channel`` at session time
+        ``t_s`` arrived — for a time in silence, the arrival of the last speech before it — or
+        None when unknown. Latency is measured from it (issue #15)."""
+        return self._table.arrival_of(channel, t_s)
+
+    @property
     def bound_port(self) -> int:
         """The UDP port RTP arrives on (0 until bound)."""
         return self._udp.bound_port
@@ -154,15 +198,21 @@ class RtpSource:
         return self._udp.rtcp_port
 
     # -- receive path (datagram handler: parse + push, nothing heavier) --------------------------
-    def _on_datagram(self, data: bytes, addr: tuple, rtcp_port: bool) -> None:
-        self.feed_datagram(data, addr, rtcp_port=rtcp_port)
+    def _on_datagram(self, data: bytes, addr: tuple, rtcp_port: bool, wall: float | None) -> None:
+        arrival = None
+        if wall is not None:  # the kernel's receive time, on this source's monotonic clock
+            arrival = min(time.monotonic(), wall - self._wall_offset_s)
+        self.feed_datagram(data, addr, rtcp_port=rtcp_port, arrival_s=arrival)
 
-    def feed_datagram(self, data: bytes, addr: tuple, *, rtcp_port: bool = False) -> None:
+    def feed_datagram(
+        self, data: bytes, addr: tuple, *, rtcp_port: bool = False, arrival_s: float | None = None
+    ) -> None:
         """Handle one datagram as if it arrived on the socket (the protocol calls this; so can
-        tests and replays of captured traffic). Never raises for any content of ``data``."""
-        now = time.monotonic()
+        tests and replays of captured traffic). ``arrival_s`` (``time.monotonic()``) is when it
+        arrived, if known (kernel timestamps); else now. Never raises for any content."""
+        now = time.monotonic() if arrival_s is None else arrival_s
         self._last_activity = now
-        if self._allow and not self._allowed(addr[0] if addr else ""):
+        if not self._allow.admits(addr[0] if addr else ""):
             self._totals["rejected_source"] += 1
             return
         if rtcp_port or is_rtcp(data):
@@ -176,44 +226,54 @@ class RtpSource:
             return
         self._totals["packets"] += 1
         self._totals["bytes"] += len(data)
+        if self._first_packet_s is None:
+            self._first_packet_s = now
+        sender = tuple(addr[:2])
         stream = self._streams.get(pkt.ssrc)
         fmt = self.formats.get(pkt.payload_type)
         if stream is None:
-            stream = self._admit(pkt, fmt, addr, now)
+            stream = self._table.admit(pkt, fmt, sender, now)
             if stream is None:
                 return
+        elif sender != stream.source_addr:
+            # Latching: the SSRC belongs to the address that sent its first packet.
+            self._totals["foreign_source"] += 1
+            self._log_malformed(
+                "dropped RTP for %s from %s (the stream is %s's)",
+                stream.channel,
+                addr,
+                stream.source_addr,
+            )
+            return
         c = stream.counters
         c["packets"] += 1
         c["bytes"] += len(data)
         stream.last_arrival_s = now
+        if not stream.confirmed and self._table.probation(stream, pkt.sequence):
+            self._dirty.add(stream.ssrc)  # confirmed: what it buffered can go
+            self._wake()
         if fmt is None or not fmt.supported:
             c["unsupported_payload"] += 1
+            if not stream.warned:
+                stream.warned = True
+                log.warning(
+                    "RTP stream %s (%s) sends payload type %d, which emomon cannot decode "
+                    "(%s); those packets are dropped and counted as unsupported_payload",
+                    stream.channel,
+                    stream.speaker,
+                    pkt.payload_type,
+                    fmt or "no rtpmap: give --sdp or source.rtp_payload_types",
+                )
             fmt = None
-        if stream.jitter.push(pkt.sequence, QueuedPayload(pkt.timestamp, fmt, pkt.payload), now):
+            ts = stream.playout.extend(pkt.timestamp)
+        elif fmt.encoding == "TELEPHONE-EVENT":
+            ts = stream.playout.extend(pkt.timestamp)
+        else:
+            ts = stream.playout.observe(pkt.timestamp, now, fmt.clock_rate_hz)
+        queued = QueuedPayload(ts, fmt, pkt.payload, now)
+        if stream.jitter.push(pkt.sequence, queued, now) and stream.confirmed:
             self._dirty.add(pkt.ssrc)
             self._wake()
-
-    def _admit(
-        self, pkt: RtpPacket, fmt: PayloadFormat | None, addr: tuple, now: float
-    ) -> RtpStream | None:
-        """Start a stream for a packet from an unknown SSRC, or count why it was refused."""
-        if fmt is None or not fmt.supported:
-            self._totals["unsupported_payload"] += 1
-            self._log_malformed(
-                "dropped RTP with unsupported payload type %d from %s", pkt.payload_type, addr
-            )
-            return None
-        until = self._byed.get(pkt.ssrc)
-        if until is not None and now < until:
-            self._counters.ended_sum["late"] += 1  # a straggler after BYE
-            return None
-        if len(self._streams) >= self.max_streams:
-            self._totals["over_stream_cap"] += 1
-            self._log_malformed(
-                "dropped RTP from new SSRC %08x: %d streams active", pkt.ssrc, self.max_streams
-            )
-            return None
-        return self._new_stream(pkt.ssrc, now)
 
     def _on_rtcp(self, data: bytes, addr: tuple, now: float) -> None:
         try:
@@ -224,52 +284,9 @@ class RtpSource:
             return
         self._totals["rtcp"] += 1
         for ssrc in byes:
-            stream = self._streams.get(ssrc)
-            if stream is not None and stream.bye_at_s is None:
-                stream.bye_at_s = now
-                log.info("RTCP BYE from %s (%s)", stream.channel, stream.speaker)
+            if self._table.bye(ssrc, tuple(addr[:2]), now):
                 self._dirty.add(ssrc)
                 self._wake()
-
-    def _allowed(self, host: str) -> bool:
-        ok = self._allow_cache.get(host)
-        if ok is None:
-            try:
-                ip = ipaddress.ip_address(host.split("%")[0])
-                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-                    ip = ip.ipv4_mapped
-                ok = any(ip in net for net in self._allow)
-            except ValueError:
-                ok = False
-            if len(self._allow_cache) > 4096:
-                self._allow_cache.clear()
-            self._allow_cache[host] = ok
-        return ok
-
-    def _new_stream(self, ssrc: int, now: float) -> RtpStream:
-        origin = self._origins.get(ssrc)
-        if origin is None:
-            origin = now
-            self._origins[ssrc] = now
-            if len(self._origins) > ORIGINS_KEPT:
-                self._origins.popitem(last=False)
-        channel = ssrc_channel(ssrc)
-        stream = RtpStream(
-            ssrc=ssrc,
-            channel=channel,
-            speaker=self._names.get(ssrc, channel),
-            clock_offset_s=now - origin,
-            first_arrival_s=now,
-            jitter=JitterBuffer(self.jitter_s, JITTER_MAX_PACKETS),
-            chunk_samples=self.chunk_samples,
-            max_clock_jump_s=self.idle_timeout_s + 1.0,
-            log_dropped=self._log_malformed,
-            last_arrival_s=now,
-        )
-        self._streams[ssrc] = stream
-        self._totals["streams_started"] += 1
-        log.info("RTP stream %s started (%s)", channel, stream.speaker)
-        return stream
 
     def _wake(self) -> None:
         w = self._waiter
@@ -290,23 +307,38 @@ class RtpSource:
             while True:
                 now = time.monotonic()
                 # Only streams with new packets need work, except when some stream's deadline
-                # (a gap's window, the idle timeout, a BYE's grace) is due: then look at all.
-                # This keeps the cost per packet flat in the number of streams.
+                # (a gap's window, silence due, the idle timeout, a BYE's grace) is due: then
+                # look at all. This keeps the cost per packet flat in the number of streams.
                 full_scan = now >= self._next_scan
                 ssrcs = list(self._streams) if full_scan else list(self._dirty)
                 self._dirty.clear()
                 next_scan = now + 0.5 if full_scan else self._next_scan
                 ending: list[RtpStream] = []
+                # Silence is due only when no datagram waits in the kernel (a busy loop must
+                # not turn packets it has not read yet into silence).
+                fill: float | None | bool = False if self._closing else None
                 for ssrc in ssrcs:
                     stream = self._streams.get(ssrc)
                     if stream is None:
                         continue
-                    for chunk in stream.drain(now):
+                    if not stream.confirmed:
+                        if now - stream.first_arrival_s >= PROBATION_TIMEOUT_S:
+                            self._table.forget(stream)
+                        else:
+                            next_scan = min(next_scan, stream.first_arrival_s + PROBATION_TIMEOUT_S)
+                        continue
+                    if fill is None:
+                        fill = self.jitter_s if not self._udp.has_unread() else False
+                    window = fill if isinstance(fill, float) else None
+                    for chunk in stream.drain(now, fill_s=window):
                         yield chunk
                     if self._should_end(stream, now):
                         ending.append(stream)
                     else:
                         next_scan = min(next_scan, self._deadline(stream))
+                if fill is False and not self._closing:
+                    # datagrams wait in the socket: let the loop read them, then look again
+                    next_scan = now + 0.001
                 self._next_scan = next_scan
                 if ending and self._should_defer(now):
                     # What looks idle may have packets waiting in the socket (the loop was busy:
@@ -315,18 +347,17 @@ class RtpSource:
                     await asyncio.sleep(0.001)
                     continue
                 for stream in ending:
-                    for chunk in self._finish(stream, now):
+                    for chunk in self._table.finish(stream, now):
                         yield chunk
                 if self._closing:
                     for stream in list(self._streams.values()):
-                        for chunk in self._finish(stream, time.monotonic()):
+                        if not stream.confirmed:
+                            self._table.forget(stream)
+                            continue
+                        for chunk in self._table.finish(stream, time.monotonic()):
                             yield chunk
                     return
-                if (
-                    self.exit_when_idle_s is not None
-                    and not self._streams
-                    and now - self._last_activity >= self.exit_when_idle_s
-                ):
+                if self._idle_exit_due(now):
                     if self._should_defer(now):
                         await asyncio.sleep(0.001)
                         continue
@@ -334,6 +365,16 @@ class RtpSource:
                 await self._sleep_until_needed(loop)
         finally:
             self._consuming = False
+
+    def _idle_exit_due(self, now: float) -> bool:
+        """``exit_when_idle_s`` counts from the first packet: a run started before its sender
+        waits for it (issue #15)."""
+        return (
+            self.exit_when_idle_s is not None
+            and self._first_packet_s is not None
+            and not self._streams
+            and now - self._last_activity >= self.exit_when_idle_s
+        )
 
     def _should_defer(self, now: float) -> bool:
         """Hold an idle decision while unread datagrams wait in the kernel, for at most ~1 s (a
@@ -352,18 +393,19 @@ class RtpSource:
 
     def _deadline(self, stream: RtpStream) -> float:
         """The next time this stream needs the consumer without a new packet arriving."""
-        deadline = stream.last_arrival_s + self.idle_timeout_s
-        jitter_deadline = stream.jitter.next_deadline()
-        if jitter_deadline is not None:
-            deadline = min(deadline, jitter_deadline)
-        if stream.bye_at_s is not None:
-            deadline = min(deadline, stream.bye_at_s + self.jitter_s)
-        return deadline
+        deadlines = [
+            stream.last_arrival_s + self.idle_timeout_s,
+            stream.jitter.next_deadline(),
+            stream.fill_deadline(self.jitter_s),
+            None if stream.bye_at_s is None else stream.bye_at_s + self.jitter_s,
+        ]
+        return min(d for d in deadlines if d is not None)
 
     async def _sleep_until_needed(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for a packet (:meth:`_wake`) or the next deadline, whichever comes first."""
         timeout = self._next_wakeup(time.monotonic())
         if timeout <= 0:
+            await asyncio.sleep(0)  # never spin: the socket readers run on this loop too
             return
         self._waiter = loop.create_future()
         handle = loop.call_later(timeout, self._wake)
@@ -377,22 +419,13 @@ class RtpSource:
         if self._dirty or self._closing:
             return 0.0
         deadline = self._next_scan
-        if self.exit_when_idle_s is not None and not self._streams:
+        if (
+            self.exit_when_idle_s is not None
+            and not self._streams
+            and self._first_packet_s is not None
+        ):
             deadline = min(deadline, self._last_activity + self.exit_when_idle_s)
         return max(0.0, deadline - now)
-
-    def _finish(self, stream: RtpStream, now: float) -> list[AudioChunk]:
-        """End a stream: its last chunks (the final one flagged), then its bookkeeping."""
-        out = stream.finish(now)
-        self._streams.pop(stream.ssrc, None)
-        byed = stream.bye_at_s is not None
-        if byed:
-            self._byed[stream.ssrc] = now + max(1.0, 4 * self.jitter_s)
-            if len(self._byed) > ORIGINS_KEPT:
-                self._byed.popitem(last=False)
-        st = self._counters.stream_ended(stream, byed=byed)
-        log.info("RTP stream %s ended (%s): %s", stream.channel, "BYE" if byed else "idle", st)
-        return out
 
     # -- statistics -------------------------------------------------------------------------------
     @property

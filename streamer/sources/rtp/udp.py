@@ -2,6 +2,10 @@
 
 Reading is a non-blocking socket drained by the event loop, a batch of datagrams per wake-up;
 each datagram goes to one callback. Nothing here knows RTP: the receiver parses.
+
+On Linux each datagram carries the kernel's receive time (``SO_TIMESTAMPNS``): latency is
+measured from when a packet *arrived*, not from when a busy event loop got round to reading
+it (issue #15). Elsewhere the read time stands in.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import asyncio
 import logging
 import select
 import socket
+import struct
+import sys
 from collections.abc import Callable
 
 from emomon.streamer.sources.base import SourceError
@@ -19,8 +25,13 @@ log = logging.getLogger(__name__)
 SOCKET_RCVBUF_BYTES = 4 << 20  # absorb bursts while the consumer is busy
 READ_BATCH_DATAGRAMS = 256  # datagrams read per socket wake-up
 
-# (datagram, sender address, arrived on the RTCP port)
-DatagramHandler = Callable[[bytes, tuple, bool], None]
+# (datagram, sender address, arrived on the RTCP port, arrival: time.time() by the kernel or None)
+DatagramHandler = Callable[[bytes, tuple, bool, float | None], None]
+
+# Linux <asm-generic/socket.h>: SO_TIMESTAMPNS, delivered as SCM_TIMESTAMPNS (struct timespec)
+_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+_TIMESPEC = struct.Struct("@qq")
+_ANC_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -29,7 +40,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.rtcp_only = rtcp_only
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        self.on_datagram(data, addr, self.rtcp_only)
+        self.on_datagram(data, addr, self.rtcp_only, None)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("RTP socket error: %s", exc)
@@ -46,6 +57,7 @@ class UdpListener:
         self._sockets: list[socket.socket] = []
         self._readers: list[tuple[asyncio.AbstractEventLoop, socket.socket]] = []
         self._transports: list[asyncio.BaseTransport] = []
+        self._stamped: set[int] = set()  # sockets whose datagrams carry the kernel's time
 
     @property
     def bound(self) -> bool:
@@ -55,6 +67,11 @@ class UdpListener:
         """Bind the RTP socket (or raise :class:`SourceError`), then try port+1 for RTCP."""
         try:
             sock = bind_udp(self.host, self.port)
+        except socket.gaierror as e:
+            raise SourceError(
+                f"cannot listen for RTP on {self.host}:{self.port}: {e.strerror or e} "
+                "(use an address of this machine, e.g. 0.0.0.0, 127.0.0.1 or ::)"
+            ) from e
         except OSError as e:
             raise SourceError(
                 f"cannot listen for RTP on {self.host}:{self.port}: {e.strerror or e} "
@@ -88,6 +105,8 @@ class UdpListener:
         event costs far less. Loops without ``add_reader`` (Windows proactor) fall back to a
         plain datagram transport.
         """
+        if enable_timestamps(sock):
+            self._stamped.add(sock.fileno())
         try:
             loop.add_reader(sock.fileno(), self._on_readable, sock, rtcp_only)
             self._readers.append((loop, sock))
@@ -99,15 +118,24 @@ class UdpListener:
             task.add_done_callback(lambda t: self._transports.append(t.result()[0]))
 
     def _on_readable(self, sock: socket.socket, rtcp_only: bool) -> None:
+        stamped = sock.fileno() in self._stamped
         for _ in range(READ_BATCH_DATAGRAMS):
+            arrived: float | None = None
             try:
-                data, addr = sock.recvfrom(65536)
+                if stamped:
+                    data, anc, _flags, addr = sock.recvmsg(65536, _ANC_BYTES)
+                    for level, kind, raw in anc:
+                        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                            sec, nsec = _TIMESPEC.unpack(raw[: _TIMESPEC.size])
+                            arrived = sec + nsec * 1e-9
+                else:
+                    data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # e.g. an ICMP error queued on the socket: not fatal
                 log.debug("RTP socket error: %s", e)
                 return
-            self.on_datagram(data, addr, rtcp_only)
+            self.on_datagram(data, addr, rtcp_only, arrived)
 
     def has_unread(self) -> bool:
         """Whether a socket holds datagrams not read yet: after a stall of the event loop (a model
@@ -132,6 +160,7 @@ class UdpListener:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+        self._stamped.clear()
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
@@ -150,6 +179,18 @@ def bind_udp(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def enable_timestamps(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each datagram with its receive time; False where it cannot."""
+    if _SO_TIMESTAMPNS is None or not _ANC_BYTES:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError as e:
+        log.debug("no kernel receive timestamps: %s", e)
+        return False
+    return True
 
 
 def format_host(host: str) -> str:
