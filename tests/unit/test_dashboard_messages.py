@@ -1,0 +1,72 @@
+"""Untrusted dashboard input (MQTT messages, JSONL lines) is checked before it enters the hub:
+a bad message is dropped and counted, and pages still open afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from emomon.services.dashboard.feeds import MqttFeed, load_jsonl
+from emomon.services.dashboard.hub import DashboardHub
+from emomon.services.dashboard_settings import AlertSettings, TrendSettings
+from emomon.services.insights import Insights
+from emomon.services.settings import MqttSettings
+from tests.integration.mosquitto_helpers import make_event
+
+
+def first_page(hub: DashboardHub) -> dict:
+    async def main() -> dict:
+        frame = await anext(hub.frames())
+        return json.loads(frame.decode().split("data: ", 1)[1])
+
+    return asyncio.run(main())
+
+
+def good_trend() -> dict:
+    ins = Insights(TrendSettings(), AlertSettings())
+    return ins.update(make_event("s", "A", 0).to_dict()).trend
+
+
+BAD = [
+    ("s/A/trend", json.dumps(good_trend()).replace('"window_s": 60.0', '"window_s": NaN')),
+    ("s/A/trend", json.dumps({**good_trend(), "share": "everything"})),
+    ("s/A/alert", json.dumps({"session": "s", "speaker": "A", "rule": "r", "state": "on"})),
+    ("s/events", json.dumps({**make_event("s", "A", 1).to_dict(), "confidence": "high"})),
+    ("s/events", json.dumps({**make_event("s", "A", 2).to_dict(), "start_s": -1})),
+    ("s/events", json.dumps({**make_event("s", "A", 3).to_dict(), "speaker": 12345})),
+    ("s/events", '{"a": ' * 100_000),
+    ("s/events", "[1, 2]"),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload"), BAD)
+def test_a_bad_mqtt_message_is_dropped_and_pages_still_open(topic, payload):
+    assert "NaN" in BAD[0][1]
+    hub = DashboardHub()
+    feed = MqttFeed(MqttSettings(url="mqtt://127.0.0.1:1"), hub)
+    feed._handle(f"emomon/{topic}", payload.encode())
+    assert feed.dropped == 1 and hub.sessions == {}
+    feed._handle("emomon/s/events", make_event("s", "A", 9).to_json().encode())
+    feed._handle("emomon/s/A/trend", json.dumps(good_trend()).encode())
+    assert feed.dropped == 1
+    snap = first_page(hub)
+    assert len(snap["sessions"]["s"]["events"]) == 1
+    assert snap["sessions"]["s"]["speakers"]["A"]["trend"]["window_s"] == 60.0
+
+
+def test_jsonl_lines_with_bad_values_are_skipped(tmp_path, caplog):
+    good = make_event("s", "A", 0).to_dict()
+    lines = [
+        json.dumps({**good, "end_s": None}),
+        json.dumps({**make_event("s", "A", 1).to_dict(), "end_s": float("nan")}),
+        json.dumps({**make_event("s", "A", 2).to_dict(), "probabilities": {"joy": "x"}}),
+        json.dumps(good),
+    ]
+    path = tmp_path / "e.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    hub = DashboardHub()
+    assert load_jsonl(hub, [path], Insights(TrendSettings(), AlertSettings())) == 1
+    assert "3 lines are not emomon events" in caplog.text
+    assert len(first_page(hub)["sessions"]["s"]["events"]) == 1
