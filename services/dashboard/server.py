@@ -13,6 +13,7 @@ It listens on ``dashboard.host`` (127.0.0.1 unless set): the page shows transcri
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -33,6 +34,16 @@ _STATIC = {
 
 class DashboardError(SinkError):
     """The dashboard cannot serve (its port is taken, the address is not local)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def _asset(name: str) -> bytes:
@@ -95,6 +106,14 @@ async def serve(hub: DashboardHub, host: str, port: int) -> AsyncIterator[str]:
                 "(--dashboard-port PORT, or 0 for a free one)"
             ) from e
         bound = runner.addresses[0]
+        if not is_loopback(host):
+            log.warning(
+                "the dashboard listens on %s: anyone who can reach port %d sees the live "
+                "transcripts and emotions, without a password (dashboard.host 127.0.0.1 keeps "
+                "it on this machine; docs/SECURITY.md)",
+                host,
+                bound[1],
+            )
         shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
         yield f"http://{shown}:{bound[1]}/"
     finally:

@@ -70,3 +70,17 @@ def test_jsonl_lines_with_bad_values_are_skipped(tmp_path, caplog):
     assert load_jsonl(hub, [path], Insights(TrendSettings(), AlertSettings())) == 1
     assert "3 lines are not emomon events" in caplog.text
     assert len(first_page(hub)["sessions"]["s"]["events"]) == 1
+
+
+@pytest.mark.parametrize(("host", "warns"), [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_a_dashboard_beyond_loopback_is_warned_about(host, warns, caplog):
+    from emomon.services.dashboard.server import is_loopback, serve
+
+    async def main() -> None:
+        async with serve(DashboardHub(), host, 0):
+            pass
+
+    asyncio.run(main())
+    assert ("anyone who can reach port" in caplog.text) is warns
+    assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("example.org") and not is_loopback("::")
