@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -84,3 +86,51 @@ def test_a_dashboard_beyond_loopback_is_warned_about(host, warns, caplog):
     assert ("anyone who can reach port" in caplog.text) is warns
     assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("example.org") and not is_loopback("::")
+
+
+PAGE_HARNESS = r"""
+const fs = require("fs"), vm = require("vm");
+function fake(tag) {
+  return { tag, children: [], style: {}, dataset: {}, hidden: false, textContent: "", attrs: {},
+    childElementCount: 0, setAttribute(k, v) { this.attrs[k] = String(v); }, replaceWith() {},
+    querySelector() { return null; },
+    append(...c) { this.children.push(...c); this.childElementCount = this.children.length; } };
+}
+const els = {};
+const ctx = { console, JSON, Object, Math, Set, String,
+  document: { getElementById: (id) => els[id] || (els[id] = fake(id)), createElement: fake,
+              createElementNS: (ns, t) => fake(t), body: fake("body") },
+  EventSource: class { constructor() { ctx.es = this; this.h = {}; }
+                       addEventListener(k, f) { this.h[k] = f; } },
+  requestAnimationFrame: (f) => f(), CSS: { escape: (s) => s } };
+vm.createContext(ctx);
+vm.runInContext(fs.readFileSync(process.argv[1], "utf8"), ctx);
+for (const [kind, data] of JSON.parse(fs.readFileSync(0, "utf8"))) ctx.es.h[kind]({ data });
+const lanes = new Set(els.sessions.children.flatMap((s) => s.children)
+  .filter((c) => c.attrs["data-speaker"]).map((c) => `${c.attrs["data-session"]}/${c.attrs["data-speaker"]}`));
+console.log(JSON.stringify({ polluted: "trend" in {} || "alerts" in {}, lanes: [...lanes].sort() }));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node runs the page's script")
+def test_the_page_takes_prototype_names_as_plain_names():
+    from importlib import resources
+
+    app = resources.files("emomon.services.dashboard").joinpath("static", "app.js")
+    updates = []
+    for session, speaker in (("__proto__", "A"), ("call", "__proto__"), ("call", "constructor")):
+        ev = {**make_event(session, speaker, 0).to_dict(), "session": session}
+        trend = {**good_trend(), "session": session, "speaker": speaker}
+        updates += [("emotion", json.dumps(ev)), ("trend", json.dumps(trend))]
+    r = subprocess.run(
+        ["node", "-e", PAGE_HARNESS, str(app)],
+        input=json.dumps(updates),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        "polluted": False,
+        "lanes": ["__proto__/A", "call/__proto__", "call/constructor"],
+    }

@@ -5,7 +5,10 @@
 const LABELS = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear", "uncertain"];
 const SPARK_POINTS = 60;
 const TRANSCRIPT_LINES = 5;
-const model = { sessions: {}, status: {}, rules: [] };
+// session and speaker names come from the wire: maps without a prototype, so "__proto__" or
+// "constructor" is an ordinary name, not Object.prototype
+const dict = () => Object.create(null);
+const model = { sessions: dict(), status: {}, rules: [] };
 let pageConnected = false;
 let pending = false;
 
@@ -42,7 +45,7 @@ function signed(x) {
 }
 
 function session(sid) {
-  if (!model.sessions[sid]) model.sessions[sid] = { events: [], seen: new Set(), speakers: {} };
+  if (!model.sessions[sid]) model.sessions[sid] = { events: [], seen: new Set(), speakers: dict() };
   return model.sessions[sid];
 }
 
@@ -68,7 +71,7 @@ function addAlert(a) {
 }
 
 function loadSnapshot(snap) {
-  model.sessions = {};
+  model.sessions = dict();
   model.status = snap.status;
   model.rules = snap.rules || [];
   for (const [sid, s] of Object.entries(snap.sessions)) {
