@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from emomon.services.dashboard.feeds import MqttFeed, load_jsonl
-from emomon.services.dashboard.hub import DashboardHub
+from emomon.services.dashboard.hub import MAX_SESSIONS, DashboardHub
 from emomon.services.dashboard_settings import AlertSettings, TrendSettings
 from emomon.services.insights import Insights
 from emomon.services.settings import MqttSettings
@@ -108,20 +108,17 @@ vm.runInContext(fs.readFileSync(process.argv[1], "utf8"), ctx);
 for (const [kind, data] of JSON.parse(fs.readFileSync(0, "utf8"))) ctx.es.h[kind]({ data });
 const lanes = new Set(els.sessions.children.flatMap((s) => s.children)
   .filter((c) => c.attrs["data-speaker"]).map((c) => `${c.attrs["data-session"]}/${c.attrs["data-speaker"]}`));
-console.log(JSON.stringify({ polluted: "trend" in {} || "alerts" in {}, lanes: [...lanes].sort() }));
+const kept = Object.entries(vm.runInContext("model.sessions", ctx))
+  .map(([sid, s]) => [sid, s.events.length, s.seen.size]);
+console.log(JSON.stringify({ polluted: "trend" in {} || "alerts" in {}, lanes: [...lanes].sort(),
+  kept }));
 """
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node runs the page's script")
-def test_the_page_takes_prototype_names_as_plain_names():
+def run_page(updates: list[tuple[str, str]]) -> dict:
     from importlib import resources
 
     app = resources.files("emomon.services.dashboard").joinpath("static", "app.js")
-    updates = []
-    for session, speaker in (("__proto__", "A"), ("call", "__proto__"), ("call", "constructor")):
-        ev = {**make_event(session, speaker, 0).to_dict(), "session": session}
-        trend = {**good_trend(), "session": session, "speaker": speaker}
-        updates += [("emotion", json.dumps(ev)), ("trend", json.dumps(trend))]
     r = subprocess.run(
         ["node", "-e", PAGE_HARNESS, str(app)],
         input=json.dumps(updates),
@@ -130,7 +127,37 @@ def test_the_page_takes_prototype_names_as_plain_names():
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {
-        "polluted": False,
-        "lanes": ["__proto__/A", "call/__proto__", "call/constructor"],
-    }
+    return json.loads(r.stdout)
+
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node runs the page's script")
+
+
+@needs_node
+def test_the_page_takes_prototype_names_as_plain_names():
+    updates = []
+    for session, speaker in (("__proto__", "A"), ("call", "__proto__"), ("call", "constructor")):
+        ev = {**make_event(session, speaker, 0).to_dict(), "session": session}
+        trend = {**good_trend(), "session": session, "speaker": speaker}
+        updates += [("emotion", json.dumps(ev)), ("trend", json.dumps(trend))]
+    got = run_page(updates)
+    assert not got["polluted"]
+    assert got["lanes"] == ["__proto__/A", "call/__proto__", "call/constructor"]
+
+
+@needs_node
+def test_a_page_left_open_keeps_only_the_history_a_new_page_gets():
+    hub = DashboardHub(history=10)
+    snapshot = json.dumps(hub.snapshot())
+    live = [("emotion", make_event("s", "A", i).to_json()) for i in range(25)]
+    assert run_page([("snapshot", snapshot), *live])["kept"] == [["s", 10, 10]]
+
+
+def test_the_hub_keeps_the_latest_sessions_only():
+    hub = DashboardHub(history=10)
+    for i in range(MAX_SESSIONS + 5):
+        hub.add_event(make_event(f"s{i}", "A", 0).to_dict())
+        hub.add_event(make_event("s0", "A", i + 1).to_dict())  # s0 stays in use
+    assert len(hub.sessions) == MAX_SESSIONS
+    assert "s0" in hub.sessions and "s1" not in hub.sessions
+    assert f"s{MAX_SESSIONS + 4}" in hub.sessions

@@ -8,7 +8,7 @@ const TRANSCRIPT_LINES = 5;
 // session and speaker names come from the wire: maps without a prototype, so "__proto__" or
 // "constructor" is an ordinary name, not Object.prototype
 const dict = () => Object.create(null);
-const model = { sessions: dict(), status: {}, rules: [] };
+const model = { sessions: dict(), status: {}, rules: [], history: 500 };
 let pageConnected = false;
 let pending = false;
 
@@ -61,6 +61,8 @@ function addEvent(ev) {
   s.seen.add(ev.event_id);
   speaker(ev.session, ev.speaker);
   s.events.push(ev);
+  // a page left open all day: keep what the server keeps for a new page, not every event
+  while (s.events.length > model.history) s.seen.delete(s.events.shift().event_id);
 }
 
 function addAlert(a) {
@@ -74,6 +76,7 @@ function loadSnapshot(snap) {
   model.sessions = dict();
   model.status = snap.status;
   model.rules = snap.rules || [];
+  model.history = snap.history || model.history;
   for (const [sid, s] of Object.entries(snap.sessions)) {
     for (const ev of s.events) addEvent(ev);
     for (const [name, sp] of Object.entries(s.speakers)) {
