@@ -161,3 +161,32 @@ def test_the_hub_keeps_the_latest_sessions_only():
     assert len(hub.sessions) == MAX_SESSIONS
     assert "s0" in hub.sessions and "s1" not in hub.sessions
     assert f"s{MAX_SESSIONS + 4}" in hub.sessions
+
+
+def test_on_loopback_only_loopback_names_are_answered():
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends that name
+    as Host; the dashboard must not hand it the transcripts."""
+    import aiohttp
+
+    from emomon.services.dashboard.server import serve
+
+    async def main() -> None:
+        hub = DashboardHub()
+        hub.add_event(make_event("s", "A", 0).to_dict())
+        async with serve(hub, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+            port = url.rsplit(":", 1)[1].strip("/")
+            for host, code in (
+                ("evil.example", 421),
+                (f"evil.example:{port}", 421),
+                (f"localhost:{port}", 200),
+                (f"127.0.0.1:{port}", 200),
+                (f"[::1]:{port}", 200),
+            ):
+                for path in ("api/state", "api/stream", ""):
+                    async with http.get(f"{url}{path}", headers={"Host": host}) as r:
+                        assert r.status == code, (host, path)
+                        if code == 200:
+                            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+                            assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+    asyncio.run(main())
