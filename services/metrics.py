@@ -191,6 +191,9 @@ class MetricsServer:
             return result  # type: ignore[return-value]
         except TimeoutError:
             return False, {"reasons": [f"health check took over {self.health_timeout_s} s"]}
+        except Exception as e:  # noqa: BLE001 - a probe that cannot answer is a 503, not a hang-up
+            log.error("health check failed", exc_info=e)
+            return False, {"reasons": [f"health check failed: {type(e).__name__}: {e}"]}
 
     async def close(self) -> None:
         if self._server is not None:

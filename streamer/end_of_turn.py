@@ -27,6 +27,7 @@ import importlib.metadata
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ MODEL_FILE = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 WINDOW_S = 8  # the model sees the last 8 s of the turn
 N_FRAMES = 800  # log-mel frames in the window (100 per second)
 N_MELS = 80
+DECISION_TIMES = 10_000  # latest decisions' durations kept (a live stream runs for days)
 
 
 class EndOfTurnModelError(RuntimeError):
@@ -155,7 +157,8 @@ class EndOfTurn:
         self.asked = 0
         self.closed = 0
         self.errors = 0
-        self.model_s: list[float] = []  # seconds per decision (features + model)
+        # seconds per decision (features + model), the latest DECISION_TIMES
+        self.model_s: deque[float] = deque(maxlen=DECISION_TIMES)
 
     async def close_early(self, segmenter: Segmenter) -> list[SpeechSegment]:
         out: list[SpeechSegment] = []

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,13 @@ from typing import Any
 import aiomqtt
 
 from emomon.services.dashboard.hub import DashboardHub
+from emomon.services.dashboard.messages import (
+    ShownAlert,
+    ShownEvent,
+    ShownTrend,
+    checked,
+    parse_json,
+)
 from emomon.services.events import EmotionEvent
 from emomon.services.insights import Insights
 from emomon.services.publish.base import SinkError
@@ -39,15 +45,18 @@ def normalise(d: dict[str, Any]) -> dict[str, Any]:
     """A published event as this version publishes it (valence/arousal added to older ones).
 
     Raises:
-        ValueError: not an event (missing or mistyped fields).
+        ValueError: not an event (missing or mistyped fields, non-finite numbers).
     """
+    if not isinstance(d, dict):
+        raise ValueError(f"not an emomon event (a JSON {type(d).__name__})")
     try:
         ev = EmotionEvent.from_dict(d)
+        d = checked(ShownEvent, {**d, "event_id": ev.event_id})
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"not an emomon event ({type(e).__name__}: {e})") from None
     if "valence" not in d and (va := ev.affect) is not None:
         d = {**d, "valence": round(va[0], 4), "arousal": round(va[1], 4)}
-    return {**d, "event_id": ev.event_id}
+    return d
 
 
 def feed_event(hub: DashboardHub, insights: Insights | None, event: dict[str, Any]) -> None:
@@ -82,7 +91,7 @@ def load_jsonl(hub: DashboardHub, paths: Iterable[str | Path], insights: Insight
             if not line.strip():
                 continue
             try:
-                feed_event(hub, insights, normalise(json.loads(line)))
+                feed_event(hub, insights, normalise(parse_json(line)))
                 total += 1
             except ValueError:  # json.JSONDecodeError is a ValueError
                 bad += 1
@@ -176,11 +185,11 @@ class MqttFeed:
             )
             return
         try:
-            d = json.loads(payload)
+            d = parse_json(payload)
             if topic.endswith("/trend"):
-                self.hub.add_trend(d)
+                self.hub.add_trend(checked(ShownTrend, d))
             elif topic.endswith("/alert"):
-                self.hub.add_alert(d)
+                self.hub.add_alert(checked(ShownAlert, d))
             else:
                 self.hub.add_event(normalise(d))
         except (ValueError, TypeError, KeyError) as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 ALERT_LOG = 20  # alert messages kept per speaker
 CLIENT_QUEUE = 1_000  # updates buffered per page before it is dropped
+MAX_SESSIONS = 100  # sessions kept (least recently updated dropped first): a dashboard fed by
+# MQTT runs for days and sees every session of every worker
 
 
 @dataclass
@@ -61,7 +63,7 @@ class DashboardHub:
         self.history = history
         self.source = source
         self.rules = rules
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.live = True  # sources still playing (False once the run ended)
         self.connected = True  # the feed reaches its source (MQTT broker)
         self.detail = ""
@@ -87,6 +89,10 @@ class DashboardHub:
         s = self.sessions.get(session)
         if s is None:
             s = self.sessions[session] = _Session(events=deque(maxlen=self.history))
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+        else:
+            self.sessions.move_to_end(session)
         return s
 
     def _speaker(self, session: str, speaker: str) -> _Speaker:
@@ -139,6 +145,7 @@ class DashboardHub:
     def snapshot(self) -> dict[str, Any]:
         return {
             "status": self.status(),
+            "history": self.history,
             "rules": [{"name": n, "when": w} for n, w in self.rules],
             "sessions": {
                 sid: {

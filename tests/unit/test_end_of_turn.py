@@ -93,6 +93,7 @@ def test_features_are_the_last_8_s_left_padded() -> None:
 
 
 @needs_espeak
+@needs_espeak
 def test_complete_sentences_score_above_incomplete_ones() -> None:
     pause = np.zeros(int(0.12 * SR), np.float32)
     done = [model().complete_probability(np.concatenate([say(t), pause])) for t in COMPLETE]
@@ -156,3 +157,21 @@ def test_the_speech_stage_counts_questions_and_early_closes() -> None:
     assert len(segs) == 2 and stats.segments == 2
     assert stats.turn_questions == 2 and stats.early_closes == 1
     assert segs[0].hangover_s <= 0.15 and segs[1].hangover_s >= 0.29
+
+
+@needs_espeak
+def test_the_decision_times_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eot, "DECISION_TIMES", 1)
+    cfg = SegmenterConfig(aggressiveness=2, end_of_turn_pause_ms=120)
+    hook = EndOfTurn(cfg, model=model())
+    seg = Segmenter(cfg)
+    pause = np.zeros(SR, np.float32)
+    audio = np.concatenate([pause, say(COMPLETE[0]), pause, say(INCOMPLETE[0]), pause])
+
+    async def run() -> None:
+        async for chunk in _chunks(audio):
+            seg.feed(chunk)
+            await hook.close_early(seg)
+
+    asyncio.run(run())
+    assert hook.asked == 2 and len(hook.model_s) == 1

@@ -5,7 +5,10 @@
 const LABELS = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear", "uncertain"];
 const SPARK_POINTS = 60;
 const TRANSCRIPT_LINES = 5;
-const model = { sessions: {}, status: {}, rules: [] };
+// session and speaker names come from the wire: maps without a prototype, so "__proto__" or
+// "constructor" is an ordinary name, not Object.prototype
+const dict = () => Object.create(null);
+const model = { sessions: dict(), status: {}, rules: [], history: 500 };
 let pageConnected = false;
 let pending = false;
 
@@ -42,7 +45,7 @@ function signed(x) {
 }
 
 function session(sid) {
-  if (!model.sessions[sid]) model.sessions[sid] = { events: [], seen: new Set(), speakers: {} };
+  if (!model.sessions[sid]) model.sessions[sid] = { events: [], seen: new Set(), speakers: dict() };
   return model.sessions[sid];
 }
 
@@ -58,6 +61,8 @@ function addEvent(ev) {
   s.seen.add(ev.event_id);
   speaker(ev.session, ev.speaker);
   s.events.push(ev);
+  // a page left open all day: keep what the server keeps for a new page, not every event
+  while (s.events.length > model.history) s.seen.delete(s.events.shift().event_id);
 }
 
 function addAlert(a) {
@@ -68,9 +73,10 @@ function addAlert(a) {
 }
 
 function loadSnapshot(snap) {
-  model.sessions = {};
+  model.sessions = dict();
   model.status = snap.status;
   model.rules = snap.rules || [];
+  model.history = snap.history || model.history;
   for (const [sid, s] of Object.entries(snap.sessions)) {
     for (const ev of s.events) addEvent(ev);
     for (const [name, sp] of Object.entries(s.speakers)) {

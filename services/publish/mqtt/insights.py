@@ -25,7 +25,7 @@ from typing import Any
 
 import aiomqtt
 
-from emomon.services.insights import InsightUpdate
+from emomon.services.insights import MAX_SPEAKERS, InsightUpdate
 from emomon.services.publish import homeassistant
 from emomon.services.publish.mqtt.client import (
     ReconnectPolicy,
@@ -95,7 +95,9 @@ class MqttInsightPublisher:
         self._tls = tls_context(settings) if self.address.tls else None
         self._alerts: deque[tuple[str, str]] = deque(maxlen=max_alerts)
         self._retained: OrderedDict[str, str] = OrderedDict()  # topic -> newest unsent payload
-        self._speakers: dict[tuple[str, str], None] = {}  # for HA discovery, in order heard
+        # for HA discovery, least recently heard first; bounded like Insights' own state, so a
+        # worker that runs for months neither grows nor re-announces every speaker it ever saw
+        self._speakers: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._announced: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -110,7 +112,11 @@ class MqttInsightPublisher:
 
     async def insight(self, event: dict[str, Any], update: InsightUpdate) -> None:
         session, speaker = event["session"], event["speaker"]
-        self._speakers.setdefault((session, speaker))
+        self._speakers[(session, speaker)] = None
+        self._speakers.move_to_end((session, speaker))
+        while len(self._speakers) > MAX_SPEAKERS:
+            gone, _ = self._speakers.popitem(last=False)
+            self._announced.discard(gone)
         if update.trend is not None:
             self._put_retained(trend_topic(self.topics, session, speaker), update.trend)
         for alert in update.alerts:

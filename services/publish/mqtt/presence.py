@@ -10,9 +10,10 @@ Two aggregates are derived from those topics:
   online when it was announced with ``availability_mode: any`` (HA shows the entity available
   while any of them is online); a change of that set re-announces the configs.
 * ``{prefix}/status`` for everything else: ``online`` while any instance is connected. Every
-  instance holds a second, tiny connection whose last will writes ``offline`` there; when a
-  crashed instance was not the last one, the live ones see that ``offline`` and put ``online``
-  back at once, so the retained value is ``offline`` only when no instance is left.
+  instance's main connection has a last will that writes ``offline`` there, and a clean exit
+  writes it too; when that instance was not the last one, the live ones see that ``offline``
+  and put ``online`` back at once, so the retained value is ``offline`` only when no instance
+  is left.
 """
 
 from __future__ import annotations

@@ -127,15 +127,16 @@ class Upkeep:
             self._due.pop(topic, None)
 
     async def on_close(self, client: aiomqtt.Client, presence: aiomqtt.Client) -> None:
-        """A clean exit: own topic ``offline``; the aggregate too if no other instance is online."""
+        """A clean exit: own topic ``offline``, and the aggregate too, as a last will would:
+        instances still online put ``online`` back at once. (Skipping it while others looked
+        online left the aggregate ``online`` for good when two instances exited together.)"""
         try:
             await presence.publish(
                 self.presence.own_topic, STATUS_OFFLINE, qos=1, retain=True, timeout=2.0
             )
-            if not self.presence.others_online():
-                await client.publish(
-                    self.presence.aggregate_topic, STATUS_OFFLINE, qos=1, retain=True, timeout=2.0
-                )
+            await client.publish(
+                self.presence.aggregate_topic, STATUS_OFFLINE, qos=1, retain=True, timeout=2.0
+            )
         except aiomqtt.MqttError as e:
             log.warning("MQTT: could not publish 'offline' on %s: %s", self.presence.own_topic, e)
 
