@@ -54,6 +54,7 @@ class UtteranceHeader(BaseModel):
     language: Annotated[str, StringConstraints(max_length=16)] | None = None
     asr_confidence: Annotated[float, Field(allow_inf_nan=False)] | None = None
     speaker_provisional: bool = False
+    no_speech: bool = False
     timings: Annotated[dict[TimingKey, Seconds], Field(max_length=MAX_TIMINGS)] = Field(
         default_factory=dict
     )
