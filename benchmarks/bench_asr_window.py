@@ -87,7 +87,9 @@ def main() -> int:
         f"{'window':<7} {'threads':>7} {'corpus':<8} {'utts':>5} {'WER':>6} {'mean ms':>8} {'p95 ms':>7} loops"
     )
     for window, threads in ((w, t) for w in args.windows for t in args.threads):
-        tr = Transcriber(TranscriberConfig(encoder_window=window, cpu_threads=threads))
+        tr = Transcriber(
+            TranscriberConfig(encoder_window=window, cpu_threads=threads, language="en")
+        )
         tr.transcribe_sync(data[0][1])  # warm-up
         res: dict[str, list] = {}
         for corpus, audio, ref in data:
