@@ -185,7 +185,19 @@ class AsrSettings(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(_ASR.device)
     compute_type: str = Field(_ASR.compute_type)
-    beam_size: int = Field(_ASR.beam_size, ge=1, le=10)
+    beam_size: int = Field(
+        _ASR.beam_size,
+        ge=1,
+        le=10,
+        description="beam search width while the ASR keeps up (one utterance, none waiting)",
+    )
+    busy_beam_size: int = Field(
+        _ASR.busy_beam_size,
+        ge=1,
+        le=10,
+        description="beam width when utterances wait for the ASR or are batched (load): "
+        "greedy by default, so that more sessions fit",
+    )
     language: str | None = Field(
         _ASR.language,
         description="None: detect each stream's language; a code (e.g. 'en'): assume it",

@@ -72,7 +72,8 @@ class TranscriberConfig:
     model: str = SHIPPED_MODEL
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     compute_type: str = "int8"
-    beam_size: int = 1
+    beam_size: int = 5  # while the ASR keeps up: one utterance at a time, none waiting
+    busy_beam_size: int = 1  # when utterances wait for the ASR or are batched (issue 16.4)
     # None: detect each stream's language (streamer/language.py); a code: assume it, no detector
     language: str | None = None
     cpu_threads: int = 1  # threads per transcription (0 = CTranslate2's default)

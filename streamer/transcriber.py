@@ -140,6 +140,8 @@ class Transcriber:
         self.fallbacks = 0  # short-window decodes redone at 30 s (see the module docstring)
         self.no_speech = 0  # segments marked as noise
         self.foreign = 0  # utterances not decoded: another language than the model's
+        self._pending = 0  # transcribe() calls not finished yet (the load, for the beam)
+        self.beams: dict[int, int] = {}  # beam width -> utterances decoded with it
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
         self._batcher: AsrBatcher | None = None
         self.model_id = f"whisper:{cfg.model}"
@@ -235,6 +237,10 @@ class Transcriber:
 
         ``streams`` names each utterance's stream (its language is tracked per stream)."""
         t0 = time.perf_counter()
+        # Adaptive beam (issue 16.4): the wide beam while the ASR keeps up, greedy under load
+        cfg = self.config
+        busy = len(audios) > 1 or self._pending > 1
+        beam = cfg.busy_beam_size if busy else cfg.beam_size
         audios = [np.asarray(a, dtype=np.float32) for a in audios]
         ok = [i for i, a in enumerate(audios) if a.size >= SAMPLE_RATE_HZ // 10]
         out: list[Transcript | None] = [None] * len(audios)
@@ -262,7 +268,9 @@ class Transcriber:
                 [encoded[k] for k in todo],
                 groups,
                 [langs[k] for k in todo],
+                beam,
             )
+            self.beams[beam] = self.beams.get(beam, 0) + len(todo)
             texts: dict[int, tuple[str, float | None, float | None, bool]] = dict(
                 zip(todo, decoded, strict=True)
             )
@@ -302,7 +310,12 @@ class Transcriber:
         return guess.language
 
     def _decode(
-        self, audios: list[np.ndarray], encoded: list[Any], groups: list[Any], langs: list[str]
+        self,
+        audios: list[np.ndarray],
+        encoded: list[Any],
+        groups: list[Any],
+        langs: list[str],
+        beam: int,
     ) -> list[tuple[str, float | None, float | None, bool]]:
         """(text, confidence, no-speech probability, fell back) per utterance."""
         if not audios:
@@ -324,9 +337,7 @@ class Transcriber:
             view = select_rows(groups[g], [encoded[j].row for j in idx])
             for j, d in zip(
                 idx,
-                decode_group(
-                    self.model, view, [prompt] * len(idx), tok, self.config.beam_size, budget
-                ),
+                decode_group(self.model, view, [prompt] * len(idx), tok, beam, budget),
                 strict=True,
             ):
                 if looks_looped(d.text, d.compression_ratio):
@@ -393,17 +404,21 @@ class Transcriber:
         """Transcribe one utterance of ``stream``; batched with others waiting at the same time
         unless ``batch_max`` is 1."""
         loop = asyncio.get_running_loop()
-        if self.config.batch_max <= 1:
-            return await loop.run_in_executor(self._pool, self.transcribe_sync, audio, stream)
-        if self._batcher is None or self._batcher.loop is not loop:
-            self._batcher = AsrBatcher(
-                self.transcribe_batch_sync,
-                self._pool,
-                self.config.workers,
-                self.config.batch_max,
-                self.config.batch_wait_ms,
-            )
-        return await self._batcher.submit(audio, stream)
+        self._pending += 1
+        try:
+            if self.config.batch_max <= 1:
+                return await loop.run_in_executor(self._pool, self.transcribe_sync, audio, stream)
+            if self._batcher is None or self._batcher.loop is not loop:
+                self._batcher = AsrBatcher(
+                    self.transcribe_batch_sync,
+                    self._pool,
+                    self.config.workers,
+                    self.config.batch_max,
+                    self.config.batch_wait_ms,
+                )
+            return await self._batcher.submit(audio, stream)
+        finally:
+            self._pending -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

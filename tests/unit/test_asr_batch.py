@@ -26,7 +26,11 @@ def call_utterances(call_pcm) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def transcriber():
-    tr = Transcriber(TranscriberConfig(encoder_window="10+8/-23", language="en", batch_max=8))
+    # the same beam alone and batched (the adaptive beam would otherwise widen a lone call)
+    cfg = TranscriberConfig(
+        encoder_window="10+8/-23", language="en", batch_max=8, beam_size=1, busy_beam_size=1
+    )
+    tr = Transcriber(cfg)
     yield tr
     tr.close()
 
@@ -67,5 +71,18 @@ def test_batching_can_be_turned_off(call_utterances):
 
         assert all(asyncio.run(main()))
         assert tr.batch_sizes == {}
+    finally:
+        tr.close()
+
+
+def test_the_beam_narrows_under_load(call_utterances):
+    tr = Transcriber(
+        TranscriberConfig(encoder_window="10+8/-23", language="en", beam_size=5, busy_beam_size=1)
+    )
+    try:
+        tr.transcribe_sync(call_utterances[0])
+        assert tr.beams == {5: 1}  # alone, nothing waiting: the wide beam
+        tr.transcribe_batch_sync(call_utterances[1:3], [None, None])
+        assert tr.beams == {5: 1, 1: 2}  # two at once: greedy
     finally:
         tr.close()
