@@ -25,11 +25,6 @@ import numpy as np
 
 from emomon.model.audio import WhisperWindow, content_frames_of, window_features
 
-#: faster-whisper's default: a segment with a no-speech probability above this and an average
-#: log-probability below ``LOG_PROB_THRESHOLD`` is silence (no text)
-NO_SPEECH_THRESHOLD = 0.6
-LOG_PROB_THRESHOLD = -1.0
-
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
@@ -70,60 +65,7 @@ def select_rows(encoder_output: Any, rows: Sequence[int]) -> Any:
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.array(encoder_output)[rows]))
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-    silent: bool  # Whisper's no-speech rule: no text
-
-
-def decode_group(
-    whisper_model: Any,
-    encoder_output: Any,
-    prompts: Sequence[list[int]],
-    tokenizer: Any,
-    beam_size: int,
-    max_new_tokens: int,
-) -> list[Decoded]:
-    """Greedy/beam decode of one group (no timestamps), scored as faster-whisper scores."""
-    from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
-
-    results = whisper_model.model.generate(
-        encoder_output,
-        list(prompts),
-        beam_size=beam_size,
-        patience=1.0,
-        length_penalty=1.0,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        max_length=min(whisper_model.max_length, len(prompts[0]) + max_new_tokens),
-        return_scores=True,
-        return_no_speech_prob=True,
-        suppress_blank=True,
-        suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-        max_initial_timestamp_index=50,  # 1.0 s, faster-whisper's default
-    )
-    out = []
-    for r in results:
-        tokens = r.sequences_ids[0]
-        avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)
-        text = tokenizer.decode(tokens).strip()
-        silent = r.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD
-        out.append(
-            Decoded(
-                "" if silent else text,
-                float(avg_logprob),
-                float(r.no_speech_prob),
-                float(get_compression_ratio(text)) if text else 0.0,
-                silent,
-            )
-        )
-    return out
-
-
-Request = tuple[np.ndarray, str | None, "asyncio.Future[Any]"]
+Request = tuple[np.ndarray, Any, "asyncio.Future[Any]"]
 
 
 class AsrBatcher:
@@ -134,7 +76,7 @@ class AsrBatcher:
 
     def __init__(
         self,
-        run_batch: Callable[[list[np.ndarray], list[str | None]], list[Any]],
+        run_batch: Callable[[list[np.ndarray], list[Any]], list[Any]],
         pool: Any,
         slots: int,
         batch_max: int,
@@ -151,9 +93,10 @@ class AsrBatcher:
         self._task = self.loop.create_task(self._collect(), name="asr-batcher")
         self._running: set[asyncio.Task[None]] = set()
 
-    async def submit(self, audio: np.ndarray, stream: str | None) -> Any:
+    async def submit(self, audio: np.ndarray, meta: Any) -> Any:
+        """``run_batch``'s result for ``audio``; ``meta`` travels with it (stream, ticket)."""
         fut: asyncio.Future[Any] = self.loop.create_future()
-        self.queue.put_nowait((audio, stream, fut))
+        self.queue.put_nowait((audio, meta, fut))
         return await fut
 
     async def _collect(self) -> None:
@@ -184,11 +127,9 @@ class AsrBatcher:
         try:
             self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1
             audios = [r[0] for r in batch]
-            streams = [r[1] for r in batch]
+            metas = [r[1] for r in batch]
             try:
-                results = await self.loop.run_in_executor(
-                    self.pool, self.run_batch, audios, streams
-                )
+                results = await self.loop.run_in_executor(self.pool, self.run_batch, audios, metas)
             except Exception as e:  # noqa: BLE001 - handed to every waiting caller
                 for _, _, fut in batch:
                     if not fut.done():

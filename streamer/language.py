@@ -37,6 +37,8 @@ DETECT_MAX_S = 8.0
 SAMPLE_RATE_HZ = 16_000
 #: evidence fades with this time constant (seconds of measured speech)
 MEMORY_S = 60.0
+#: how long an utterance waits for the evidence of the stream's earlier ones
+ORDER_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,30 +69,57 @@ class StreamLanguage:
     measured_s: float = 0.0  # speech measured (the prior not included)
     since_check_s: float = 0.0
     settled: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _issued: int = 0  # tickets handed out
+    _done: int = 0  # tickets whose utterance was added
 
     def __post_init__(self) -> None:
         if self.prior_s > 0:
             self.scores[self.prior] = self.prior_s
 
+    def ticket(self) -> int:
+        """A place in the stream's order, taken when its utterance is submitted: utterances
+        transcribed concurrently still add their evidence in the order they were spoken."""
+        with self._cond:
+            self._issued += 1
+            return self._issued - 1
+
     def wants_measurement(self) -> bool:
-        with self._lock:
+        with self._cond:
             return self.settled is None or self.since_check_s >= self.recheck_s
 
-    def add(self, probs: dict[str, float] | None, duration_s: float) -> LanguageGuess | None:
-        """Add one utterance (``probs`` None: not measured); the stream's current guess."""
-        with self._lock:
+    def current(self) -> LanguageGuess | None:
+        """The stream's guess now, adding nothing."""
+        with self._cond:
+            return self._guess(False)
+
+    def add(
+        self, probs: dict[str, float] | None, duration_s: float, ticket: int | None = None
+    ) -> LanguageGuess | None:
+        """Add one utterance (``probs`` None: not measured); the stream's guess after it.
+
+        With a ``ticket``, wait (at most ``ORDER_WAIT_S``) until the earlier tickets are in."""
+        with self._cond:
+            if ticket is None:
+                ticket = self._issued
+                self._issued += 1
+            self._cond.wait_for(lambda: self._done >= ticket, timeout=ORDER_WAIT_S)
             self.since_check_s += duration_s
             if probs is not None:
                 self._measure(probs, max(duration_s, 0.1))
-            total = sum(self.scores.values())
-            if total <= 0:
-                return None
-            lang = max(self.scores, key=self.scores.__getitem__)
-            p = self.scores[lang] / total
-            if self.settled is None and self.measured_s >= self.settle_s and p >= 0.5:
-                self.settled = lang
-            return LanguageGuess(lang, p, probs is not None, self.settled is not None)
+            self._done = max(self._done, ticket + 1)
+            self._cond.notify_all()
+            return self._guess(probs is not None)
+
+    def _guess(self, measured: bool) -> LanguageGuess | None:
+        total = sum(self.scores.values())
+        if total <= 0:
+            return None
+        lang = max(self.scores, key=self.scores.__getitem__)
+        p = self.scores[lang] / total
+        if self.settled is None and self.measured_s >= self.settle_s and p >= 0.5:
+            self.settled = lang
+        return LanguageGuess(lang, p, measured, self.settled is not None)
 
     def _measure(self, probs: dict[str, float], weight: float) -> None:
         self.since_check_s = 0.0

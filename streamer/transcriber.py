@@ -17,8 +17,10 @@ emotion checkpoint was trained with.
 Around the decode (issues 15.5, 18.4, 16.2):
 
 * **language** — each stream's language is detected (:mod:`emomon.streamer.language`); with an
-  English-only model, non-English speech is not decoded (no English nonsense), its utterance
-  carries the detected language and no text, and one WARNING per stream says so;
+  English-only model, non-English speech gets no text (no English nonsense), its utterance
+  carries the detected language, and one WARNING per stream says so. While a stream is being
+  measured the detector runs in its own thread beside the decode (which is then kept or
+  dropped); once its language is settled, non-English utterances are not decoded at all;
 * **noise** — a segment with hardly any pitched frames (:mod:`emomon.streamer.speech_check`)
   is marked ``no_speech`` and loses any text Whisper wrote on it;
 * **batching** — utterances of several sessions that wait together share one encoder and one
@@ -30,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -40,7 +41,14 @@ import numpy as np
 
 from emomon.model.audio import FULL_WINDOW, WhisperWindow, encode_whisper
 from emomon.model.errors import AudioError
-from emomon.streamer.asr_batch import AsrBatcher, decode_group, encode_batch, select_rows
+from emomon.streamer.asr_batch import AsrBatcher, encode_batch, select_rows
+from emomon.streamer.asr_decode import (
+    TEMPERATURES,
+    decode_group,
+    looks_looped,
+    token_budget,
+    whisper_options,
+)
 from emomon.streamer.asr_models import SHIPPED_MODEL, AsrModelError, model_folder
 from emomon.streamer.config import TranscriberConfig
 from emomon.streamer.language import (
@@ -57,32 +65,6 @@ log = logging.getLogger(__name__)
 
 class TranscriberError(RuntimeError):
     """The ASR model cannot be loaded or run."""
-
-
-TEMPERATURES = [0.0, 0.2, 0.4]
-#: gzip compression ratio above which a decode counts as repetitive (faster-whisper's default).
-LOOP_COMPRESSION_RATIO = 2.4
-
-
-def token_budget(duration_s: float) -> int:
-    """A bound on the tokens of a first decode of ``duration_s`` of speech (fast speech is ~5
-    words, ~7 tokens, per second): it only bounds the time a decode that loops can take."""
-    return int(16 + 10 * duration_s)
-
-
-def looks_looped(text: str, compression_ratio: float) -> bool:
-    """A decode that repeats itself: highly compressible text, or one three-word phrase said
-    three times or more (real speech of one utterance rarely does; a loop always does)."""
-    if compression_ratio > LOOP_COMPRESSION_RATIO:
-        return True
-    words = re.findall(r"[\w']+", text.lower())
-    counts: dict[tuple[str, ...], int] = {}
-    for i in range(len(words) - 2):
-        key = tuple(words[i : i + 3])
-        counts[key] = counts.get(key, 0) + 1
-        if counts[key] >= 3:
-            return True
-    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +125,7 @@ class Transcriber:
         self._pending = 0  # transcribe() calls not finished yet (the load, for the beam)
         self.beams: dict[int, int] = {}  # beam width -> utterances decoded with it
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
+        self._lid_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lid")
         self._batcher: AsrBatcher | None = None
         self.model_id = f"whisper:{cfg.model}"
 
@@ -181,23 +164,6 @@ class Transcriber:
             st = self.streams[key] = StreamLanguage(cfg.lid_settle_s, cfg.lid_recheck_s)
         return st
 
-    def _guess(
-        self, audio: np.ndarray, stream: str | None, own: dict[str, float] | None
-    ) -> LanguageGuess | None:
-        """The language of this utterance's stream (None: not detected, the configured one).
-
-        ``own``: the ASR model's own language probabilities (multilingual model)."""
-        if self.config.language is not None:
-            return None
-        st = self._stream(stream or "")
-        dur = audio.size / SAMPLE_RATE_HZ
-        if own is not None:
-            return st.add(own, dur)
-        if self.detector is None:
-            return None
-        probs = self.detector.detect(audio) if st.wants_measurement() else None
-        return st.add(probs, dur)
-
     def _warn_foreign(self, stream: str | None, guess: LanguageGuess) -> None:
         key = stream or ""
         if key in self._warned:
@@ -230,74 +196,111 @@ class Transcriber:
         """Transcribe one utterance (≤ 30 s is one encoder window; longer audio is cut by the segmenter)."""
         return self.transcribe_batch_sync([audio], [stream])[0]
 
+    @property
+    def detects_language(self) -> bool:
+        return self.config.language is None and (self.detector is not None or self.multilingual)
+
     def transcribe_batch_sync(
-        self, audios: list[np.ndarray], streams: list[str | None]
+        self,
+        audios: list[np.ndarray],
+        streams: list[str | None],
+        tickets: list[int | None] | None = None,
     ) -> list[Transcript]:
         """Transcribe several utterances with one encoder and one decoder call per window length.
 
-        ``streams`` names each utterance's stream (its language is tracked per stream)."""
+        ``streams`` names each utterance's stream (its language is tracked per stream);
+        ``tickets`` their places in it (:meth:`StreamLanguage.ticket`, taken at submission)."""
         t0 = time.perf_counter()
         # Adaptive beam (issue 16.4): the wide beam while the ASR keeps up, greedy under load
         cfg = self.config
         busy = len(audios) > 1 or self._pending > 1
         beam = cfg.busy_beam_size if busy else cfg.beam_size
         audios = [np.asarray(a, dtype=np.float32) for a in audios]
+        tickets = tickets or [None] * len(audios)
+        sts = [self._stream(s or "") if self.detects_language else None for s in streams]
         ok = [i for i, a in enumerate(audios) if a.size >= SAMPLE_RATE_HZ // 10]
         out: list[Transcript | None] = [None] * len(audios)
         m = self.model
+        # noise first: it is neither decoded nor evidence of a stream's language
+        noise = {i: pitched_ratio(audios[i]) < cfg.min_pitched_ratio for i in ok}
+        # English-only model: the detector runs beside the encoder and decoder (its own thread),
+        # so it adds no latency on a free core; what it finds is applied after the decode
+        lid = {
+            i: self._lid_pool.submit(self.detector.detect, audios[i])
+            for i in ok
+            if self.detector is not None and not noise[i] and sts[i].wants_measurement()  # type: ignore[union-attr]
+        }
+        encoded: dict[int, Any] = {}
+        groups: list[Any] = []
         if ok:
-            encoded, groups = encode_batch(m, [audios[i] for i in ok], self.window)
-            # noise first: it neither decodes nor counts as evidence of a stream's language
-            noise = [pitched_ratio(audios[i]) < self.config.min_pitched_ratio for i in ok]
-            own: list[dict[str, float] | None] = [None] * len(ok)
-            if self.multilingual and self.config.language is None:
-                by_group = [language_probs(m, g) for g in groups]
-                own = [by_group[e.group][e.row] for e in encoded]
-            guesses = [
-                None if noise[k] else self._guess(audios[i], streams[i], own[k])
-                for k, i in enumerate(ok)
-            ]
-            langs = [self._decode_language(g) for g in guesses]
-            todo = [  # an English-only model does not write other languages
-                k
-                for k in range(len(ok))
-                if not noise[k] and (langs[k] == "en" or self.multilingual)
-            ]
-            decoded = self._decode(
-                [audios[ok[k]] for k in todo],
-                [encoded[k] for k in todo],
-                groups,
-                [langs[k] for k in todo],
-                beam,
+            enc, groups = encode_batch(m, [audios[i] for i in ok], self.window)
+            encoded = dict(zip(ok, enc, strict=True))
+        own: dict[int, dict[str, float]] = {}
+        if self.multilingual and self.detects_language and ok:
+            by_group = [language_probs(m, g) for g in groups]
+            own = {i: by_group[encoded[i].group][encoded[i].row] for i in ok}
+        # the language each utterance is decoded in: the stream's so far (settled), else the
+        # utterance's own (multilingual model); English is decoded before the detector says
+        guesses: dict[int, LanguageGuess | None] = {}
+        for i in ok:
+            st = sts[i]
+            cur = st.current() if st is not None and not noise[i] else None
+            if i in own and (cur is None or not cur.settled):
+                top = max(own[i], key=own[i].__getitem__)
+                cur = LanguageGuess(top, own[i][top], True, False)
+            guesses[i] = None if i in lid else cur
+        langs = {i: self._decode_language(guesses.get(i)) for i in ok}
+        todo = [  # an English-only model does not write other languages
+            i for i in ok if not noise[i] and (langs[i] == "en" or self.multilingual)
+        ]
+        decoded = self._decode(
+            [audios[i] for i in todo],
+            [encoded[i] for i in todo],
+            groups,
+            [langs[i] for i in todo],
+            beam,
+        )
+        self.beams[beam] = self.beams.get(beam, 0) + len(todo)
+        texts: dict[int, tuple[str, float | None, float | None, bool]] = dict(
+            zip(todo, decoded, strict=True)
+        )
+        # the evidence goes into each stream in the order its utterances were spoken
+        for i, st in enumerate(sts):
+            if st is None:
+                continue
+            speech = i in ok and not noise[i]
+            probs = lid[i].result() if i in lid else own.get(i)
+            g = st.add(
+                probs if speech else None, audios[i].size / SAMPLE_RATE_HZ * speech, tickets[i]
             )
-            self.beams[beam] = self.beams.get(beam, 0) + len(todo)
-            texts: dict[int, tuple[str, float | None, float | None, bool]] = dict(
-                zip(todo, decoded, strict=True)
+            if i in lid:  # measured beside the decode: drop what is not English
+                guesses[i], langs[i] = g, self._decode_language(g)
+                if langs[i] != "en":
+                    texts.pop(i, None)
+        for i in ok:
+            g = guesses.get(i)
+            text, conf, nsp, fallback = texts.get(i, ("", None, None, False))
+            dropped = None
+            if noise[i]:
+                self.no_speech += 1
+                dropped = "no_speech"
+            elif i not in texts and g is not None:
+                dropped = "language"
+                self.foreign += 1
+                self._warn_foreign(streams[i], g)
+            out[i] = Transcript(
+                text,
+                langs[i],
+                conf,
+                nsp,
+                encoded[i].frames if self.frames_for_emotion else None,
+                0.0,
+                self.window.spec,
+                fallback,
+                g.probability if g is not None else None,
+                noise[i],
+                dropped,
             )
-            for k, i in enumerate(ok):
-                g = guesses[k]
-                text, conf, nsp, fallback = texts.get(k, ("", None, None, False))
-                dropped = None
-                if noise[k]:
-                    self.no_speech += 1
-                    dropped = "no_speech"
-                elif k not in texts and g is not None:
-                    dropped = "language"
-                    self.foreign += 1
-                    self._warn_foreign(streams[i], g)
-                out[i] = Transcript(
-                    text,
-                    langs[k],
-                    conf,
-                    nsp,
-                    encoded[k].frames if self.frames_for_emotion else None,
-                    0.0,
-                    self.window.spec,
-                    fallback,
-                    g.probability if g is not None else None,
-                    noise[k],
-                    dropped,
-                )
         spent = time.perf_counter() - t0
         empty = Transcript(
             "", self.config.language or "en", None, None, None, 0.0, self.window.spec
@@ -358,7 +361,7 @@ class Transcriber:
         """faster-whisper's own decode with temperature fallback, one utterance."""
         m = self.model
         tok = self._tokenizer(lang if self.multilingual else None)
-        options = self._options(tok, TEMPERATURES, None)
+        options = whisper_options(self.config.beam_size, tok, TEMPERATURES, None)
         view = select_rows(output, [row])
         segments = list(m.generate_segments(features, tok, options, False, view))
         text = " ".join(s.text.strip() for s in segments).strip()
@@ -366,59 +369,36 @@ class Transcriber:
         nsp = float(max(s.no_speech_prob for s in segments)) if segments else None
         return text, conf, nsp, False
 
-    def _options(
-        self, tokenizer: Any, temperatures: list[float], max_new_tokens: int | None
-    ) -> Any:
-        from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
-
-        return TranscriptionOptions(
-            beam_size=self.config.beam_size,
-            best_of=1,
-            patience=1.0,
-            length_penalty=1.0,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            log_prob_threshold=-1.0,
-            no_speech_threshold=0.6,
-            compression_ratio_threshold=LOOP_COMPRESSION_RATIO,
-            condition_on_previous_text=False,
-            prompt_reset_on_temperature=0.5,
-            temperatures=temperatures,
-            initial_prompt=None,
-            prefix=None,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=True,
-            max_initial_timestamp=1.0,
-            word_timestamps=False,
-            prepend_punctuations="\"'“¿([{-",
-            append_punctuations="\"'.。,，!！?？:：”)]}、",
-            multilingual=False,
-            max_new_tokens=max_new_tokens,
-            clip_timestamps=[0.0],
-            hallucination_silence_threshold=None,
-            hotwords=None,
-        )
-
     async def transcribe(self, audio: np.ndarray, stream: str | None = None) -> Transcript:
         """Transcribe one utterance of ``stream``; batched with others waiting at the same time
         unless ``batch_max`` is 1."""
         loop = asyncio.get_running_loop()
+        ticket = self._stream(stream or "").ticket() if self.detects_language else None
         self._pending += 1
         try:
             if self.config.batch_max <= 1:
-                return await loop.run_in_executor(self._pool, self.transcribe_sync, audio, stream)
+                return (
+                    await loop.run_in_executor(
+                        self._pool, self.transcribe_batch_sync, [audio], [stream], [ticket]
+                    )
+                )[0]
             if self._batcher is None or self._batcher.loop is not loop:
                 self._batcher = AsrBatcher(
-                    self.transcribe_batch_sync,
+                    self._run_batch,
                     self._pool,
                     self.config.workers,
                     self.config.batch_max,
                     self.config.batch_wait_ms,
                 )
-            return await self._batcher.submit(audio, stream)
+            return await self._batcher.submit(audio, (stream, ticket))
         finally:
             self._pending -= 1
 
+    def _run_batch(
+        self, audios: list[np.ndarray], metas: list[tuple[str | None, int | None]]
+    ) -> list[Transcript]:
+        return self.transcribe_batch_sync(audios, [m[0] for m in metas], [m[1] for m in metas])
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._lid_pool.shutdown(wait=True, cancel_futures=True)

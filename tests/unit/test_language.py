@@ -37,3 +37,20 @@ def test_one_odd_utterance_does_not_flip_a_settled_stream_but_a_switch_does():
     for _ in range(6):  # the speaker really switches to English
         g = st.add(probs("en", 0.95), 4.0)
     assert g is not None and g.language == "en"
+
+
+def test_evidence_goes_in_in_the_order_spoken():
+    """Two utterances transcribed concurrently: the second's evidence waits for the first's
+    (else espeak-ng Spanish came out 'th' when its 2.6 s 'th 0.87' sentence finished first)."""
+    import threading
+
+    st = StreamLanguage(settle_s=6.0, recheck_s=30.0)
+    first, second = st.ticket(), st.ticket()
+    got = {}
+    t = threading.Thread(target=lambda: got.update(b=st.add(probs("th", 0.87), 2.6, second)))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive()  # waiting for the first utterance
+    got["a"] = st.add(probs("es", 0.71), 6.2, first)
+    t.join(2)
+    assert got["a"].language == "es" and got["b"].language == "es"
