@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -61,6 +62,10 @@ from emomon.streamer.speech_check import pitched_ratio
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
+
+
+#: streams whose language state is kept (least recently used are forgotten first)
+MAX_STREAMS = 4096
 
 
 class TranscriberError(RuntimeError):
@@ -117,6 +122,7 @@ class Transcriber:
         # handed on (the worker then computes tiny.en frames itself: one more encoder pass).
         self.frames_for_emotion = cfg.model == SHIPPED_MODEL
         self.streams: dict[str, StreamLanguage] = {}
+        self._streams_lock = threading.Lock()
         self._warned: set[str] = set()
         self._tokenizers: dict[str | None, Any] = {}
         self.fallbacks = 0  # short-window decodes redone at 30 s (see the module docstring)
@@ -158,11 +164,17 @@ class Transcriber:
 
     # -- language ---------------------------------------------------------------------------
     def _stream(self, key: str) -> StreamLanguage:
-        st = self.streams.get(key)
-        if st is None:
-            cfg = self.config
-            st = self.streams[key] = StreamLanguage(cfg.lid_settle_s, cfg.lid_recheck_s)
-        return st
+        """The language state of one stream; the oldest are forgotten beyond ``MAX_STREAMS``
+        (a long-running ``emomon stream`` sees sessions come and go)."""
+        with self._streams_lock:
+            st = self.streams.pop(key, None)
+            if st is None:
+                cfg = self.config
+                st = StreamLanguage(cfg.lid_settle_s, cfg.lid_recheck_s)
+                while len(self.streams) >= MAX_STREAMS:
+                    self.streams.pop(next(iter(self.streams)))
+            self.streams[key] = st  # most recently used last
+            return st
 
     def _warn_foreign(self, stream: str | None, guess: LanguageGuess) -> None:
         key = stream or ""
