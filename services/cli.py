@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from emomon.services.commands import (
     config,
+    dashboard,
     devices,
     model_commands,
     replay,
@@ -36,6 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     replay.COMMAND,
     stream.COMMAND,
     worker.COMMAND,
+    dashboard.COMMAND,
     devices.COMMAND,
     config.COMMAND,
     *model_commands.COMMANDS,

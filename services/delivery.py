@@ -88,6 +88,8 @@ class Delivery:
         self.metrics = metrics or Metrics()
         self.events = 0  # events every sink took
         self.sink_failures = 0  # (event, sink) pairs that failed
+        # sink name -> its last error, while its latest publish failed (for /healthz)
+        self.sink_errors: dict[str, str] = {}
 
     async def deliver(self, utts: Sequence[Utterance]) -> DeliveryResult:
         """Run one batch through the stage; the classifier's own failure comes back in the result."""
@@ -121,17 +123,16 @@ class Delivery:
         failures: dict[str, int] = {}
         for ev in events:
             for sink in self.sinks:
+                name = str(getattr(sink, "name", sink))
                 try:
                     await sink.publish(ev)
                 except Exception as e:  # noqa: BLE001 - one sink must not stop the others
                     failures[ev.event_id] = failures.get(ev.event_id, 0) + 1
                     self.sink_failures += 1
-                    log.error(
-                        "sink %s failed on event %s: %s",
-                        getattr(sink, "name", sink),
-                        ev.event_id,
-                        e,
-                    )
+                    self.sink_errors[name] = f"publish failing: {e}"
+                    log.error("sink %s failed on event %s: %s", name, ev.event_id, e)
+                else:
+                    self.sink_errors.pop(name, None)
         return failures
 
 

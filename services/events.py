@@ -7,6 +7,8 @@ v2 (2026-12): ``label`` may also be ``"uncertain"`` (confidence below ``worker.m
 or ``"no_speech"`` (no transcript and hardly any voiced audio); ``outcome`` says which of
 ``emotion | uncertain | no_speech`` it is and ``top_label`` always names the likeliest class.
 A v1 consumer that reads ``top_label`` where it read ``label`` sees what it saw before.
+Additive (issue 17): ``valence`` (-1..1) and ``arousal`` (0..1), derived from ``probabilities``
+(:mod:`emomon.services.affect`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
+
+from emomon.services.affect import valence_arousal
 
 EVENT_SCHEMA_VERSION = 2
 OUTCOMES = ("emotion", "uncertain", "no_speech")
@@ -61,6 +65,11 @@ class EmotionEvent:
     def event_id(self) -> str:
         return event_id_for(self.utterance_id)
 
+    @property
+    def affect(self) -> tuple[float, float] | None:
+        """(valence -1..1, arousal 0..1) derived from ``probabilities`` (:mod:`..affect`)."""
+        return valence_arousal(self.probabilities)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "schema_version": self.schema_version,
@@ -88,6 +97,8 @@ class EmotionEvent:
             d["text"] = self.text
         if self.language is not None:
             d["language"] = self.language
+        if (va := self.affect) is not None:  # additive (issue 17): derived, so not in from_dict
+            d["valence"], d["arousal"] = round(va[0], 4), round(va[1], 4)
         return d
 
     def __post_init__(self) -> None:

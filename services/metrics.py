@@ -9,9 +9,11 @@ serves only metrics, and cannot answer a health probe from the state of the even
 from __future__ import annotations
 
 import asyncio
+import hmac
+import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,30 +128,69 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]] | Awaitable[tuple[bool, dict[str, Any]]]]
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass
 class MetricsServer:
     """Serves ``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 or 503, JSON detail).
 
-    ``health`` is called on each probe; it should read cheap in-memory state (last successful
-    Redis round trip, whether the main loop is alive), never do I/O itself.
+    ``health`` is called on each probe, plain or ``async`` (an async one may do I/O, e.g. the
+    Redis ``PING`` of :class:`emomon.services.health.Health`; a slow one is cut off after
+    ``health_timeout_s`` and answered 503). ``token``: when set, every request must carry
+    ``Authorization: Bearer <token>`` (else 401); compared in constant time.
     """
 
     metrics: Metrics
     health: HealthCheck
     port: int = 0
-    # Loopback unless configured (metrics.host, --metrics-host): the endpoint has no auth (#18).
+    # Loopback unless configured (metrics.host, --metrics-host), optionally a token (#18).
     host: str = "127.0.0.1"
+    token: str | None = field(default=None, repr=False)
+    health_timeout_s: float = 3.0
     _server: asyncio.Server | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> int:
         """Start listening; return the bound port (useful when ``port`` is 0)."""
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         bound = int(self._server.sockets[0].getsockname()[1])
-        log.info("metrics and health on http://%s:%d/metrics and /healthz", self.host, bound)
+        log.info(
+            "metrics and health on http://%s:%d/metrics and /healthz%s",
+            self.host,
+            bound,
+            " (bearer token required)" if self.token else "",
+        )
+        if not self.token and self.host not in _LOOPBACK:
+            log.warning(
+                "metrics endpoint on %s without a token: anyone who can reach it reads the "
+                "health detail; set metrics.token (EMOMON_METRICS__TOKEN)",
+                self.host,
+            )
         return bound
+
+    def _authorized(self, request: bytes) -> bool:
+        if not self.token:
+            return True
+        for line in request.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"authorization":
+                scheme, _, given = value.strip().partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    given.strip(), self.token.encode()
+                )
+        return False
+
+    async def _health(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            result = self.health()
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self.health_timeout_s):
+                    result = await result
+            return result  # type: ignore[return-value]
+        except TimeoutError:
+            return False, {"reasons": [f"health check took over {self.health_timeout_s} s"]}
 
     async def close(self) -> None:
         if self._server is not None:
@@ -162,12 +203,16 @@ class MetricsServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
             parts = request.split(b"\r\n", 1)[0].split()
             method, path = (parts[0], parts[1].split(b"?", 1)[0]) if len(parts) >= 2 else (b"", b"")
+            extra = ""
             if method not in (b"GET", b"HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif not self._authorized(request):
+                status, ctype, body = "401 Unauthorized", "text/plain", b"bearer token required\n"
+                extra = 'WWW-Authenticate: Bearer realm="emomon"\r\n'
             elif path == b"/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
             elif path in (b"/healthz", b"/health"):
-                ok, detail = self.health()
+                ok, detail = await self._health()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = (
                     "application/json",
@@ -175,7 +220,7 @@ class MetricsServer:
                 )
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
-            head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
             writer.write(head.encode() + (body if method != b"HEAD" else b""))
             await writer.drain()
         except (
@@ -189,4 +234,17 @@ class MetricsServer:
             writer.close()
 
 
-__all__ = ["HealthCheck", "Metrics", "MetricsServer"]
+def metrics_server(settings: Any, metrics: Metrics, health: HealthCheck) -> MetricsServer | None:
+    """The endpoint ``settings.metrics`` asks for (host, port, token), or None without a port.
+
+    ``settings``: the whole :class:`~emomon.services.settings.Settings` (typed ``Any`` so this
+    module stays free of the settings import).
+    """
+    m = settings.metrics
+    if m.port is None:
+        return None
+    token = m.token.get_secret_value() if m.token is not None else None
+    return MetricsServer(metrics, health, host=m.host, port=m.port, token=token)
+
+
+__all__ = ["HealthCheck", "Metrics", "MetricsServer", "metrics_server"]

@@ -147,7 +147,12 @@ def transcriber_config(settings: Settings) -> TranscriberConfig:
     return TranscriberConfig(**{**asr, "encoder_window": encoder_window(settings)})
 
 
-def build_sinks(settings: Settings, sessions: Sequence[str] = ()) -> list[Sink]:
+def build_sinks(
+    settings: Settings, sessions: Sequence[str] = (), insight_outputs: Sequence[object] = ()
+) -> list[Sink]:
+    """The sinks the settings ask for; ``insight_outputs`` (the dashboard) also get every event
+    with its trend and alerts (issue 17)."""
+    from emomon.services.insights import insight_sinks
     from emomon.services.publish.console import ConsoleSink
     from emomon.services.publish.jsonl import JsonlSink
 
@@ -160,6 +165,7 @@ def build_sinks(settings: Settings, sessions: Sequence[str] = ()) -> list[Sink]:
         from emomon.services.publish.mqtt import MqttSink
 
         sinks.append(MqttSink(settings.mqtt, sessions=sessions))
+    sinks.extend(insight_sinks(settings, insight_outputs))  # type: ignore[arg-type]
     return sinks
 
 

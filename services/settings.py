@@ -21,11 +21,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from emomon.services.dashboard_settings import AlertSettings, DashboardSettings, TrendSettings
 from emomon.services.redact import redact_url
 from emomon.streamer.config import (
     FILE_MAX_CHANNELS,
@@ -352,7 +354,18 @@ class RedisSettings(_Section):
     dead_letter_stream: str = "emomon:dead"
     maxlen: int = Field(10_000, ge=100, description="approximate stream bound (XADD MAXLEN ~)")
     buffer_size: int = Field(1_000, ge=1, description="streamer's local buffer while Redis is away")
-    claim_idle_ms: int = Field(30_000, ge=100)
+    claim_idle_ms: int = Field(
+        5_000,
+        ge=100,
+        description="an entry pending this long without a heartbeat is reclaimed from its "
+        "consumer (a crashed worker's entries: within claim_idle_ms + claim_idle_ms/2)",
+    )
+    heartbeat_ms: int = Field(
+        1_000,
+        ge=10,
+        description="a live worker refreshes the idle time of the entries it holds this often "
+        "(at most claim_idle_ms/3 is used), so a slow batch is never reclaimed",
+    )
     max_deliveries: int = Field(5, ge=1)
     context_ttl_s: int = Field(3_600, ge=1)
 
@@ -388,6 +401,11 @@ class MetricsSettings(_Section):
         description="address /metrics and /healthz listen on; loopback unless set (0.0.0.0: all)",
     )
     port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics and /healthz")
+    token: SecretStr | None = Field(
+        None,
+        description="bearer token /metrics and /healthz require (Authorization: Bearer ...); "
+        "None = no auth. A secret: masked in config show; prefer EMOMON_METRICS__TOKEN to a flag",
+    )
 
 
 class Settings(_Section):
@@ -401,6 +419,9 @@ class Settings(_Section):
     mqtt: MqttSettings = MqttSettings()
     redis: RedisSettings = RedisSettings()
     metrics: MetricsSettings = MetricsSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    trends: TrendSettings = TrendSettings()
+    alerts: AlertSettings = AlertSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     drain_timeout_s: float = Field(10.0, ge=0, le=600)
     warm_up: bool = Field(

@@ -299,5 +299,31 @@ METRICS = FlagGroup(
             metavar="PORT",
             type=int,
         ),
+        Flag(
+            ("--metrics-token",),
+            "metrics.token",
+            "require 'Authorization: Bearer TOKEN' on /metrics and /healthz (visible in ps: "
+            "prefer EMOMON_METRICS__TOKEN)",
+            metavar="TOKEN",
+        ),
+    ),
+)
+DASHBOARD = FlagGroup(
+    "dashboard",
+    (
+        Flag(("--dashboard",), "dashboard.enabled", "serve the live dashboard page", "on"),
+        Flag(
+            ("--dashboard-host",),
+            "dashboard.host",
+            "address the dashboard listens on",
+            metavar="ADDR",
+        ),
+        Flag(
+            ("--dashboard-port",),
+            "dashboard.port",
+            "dashboard port (0: a free one)",
+            metavar="PORT",
+            type=int,
+        ),
     ),
 )

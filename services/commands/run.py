@@ -17,6 +17,7 @@ from emomon.services.commands.common import (
     setup_logging,
 )
 from emomon.services.commands.flags import (
+    DASHBOARD,
     MODEL,
     MQTT,
     RTP,
@@ -38,7 +39,7 @@ from emomon.streamer.sources.base import AudioSource
 log = logging.getLogger("emomon.run")
 
 #: the settings flags ``run`` and ``replay`` share (``run`` adds --session and --sdp)
-PIPELINE_FLAGS: tuple[FlagGroup, ...] = (SOURCE, STREAMER, MODEL, SINKS, MQTT)
+PIPELINE_FLAGS: tuple[FlagGroup, ...] = (SOURCE, STREAMER, MODEL, SINKS, MQTT, DASHBOARD)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -104,7 +105,11 @@ async def _run(
             settings = settings.model_copy(
                 update={"mqtt": settings.mqtt.model_copy(update={"url": url})}
             )
-        sinks = [*build_sinks(settings, [s for s, _ in sessions]), *extra_sinks]
+        from emomon.services.commands.dashboard import linger, open_dashboard
+
+        hub, page = await open_dashboard(settings, stack, "embedded")  # None without --dashboard
+        outputs = [hub] if hub is not None else []
+        sinks = [*build_sinks(settings, [s for s, _ in sessions], outputs), *extra_sinks]
         pipeline = Pipeline(settings, sinks)
         stack.callback(pipeline.close)
         stop = asyncio.Event()
@@ -117,7 +122,10 @@ async def _run(
             ),
         )
         try:
-            return await pipeline.run(sessions, stop)
+            stats = await pipeline.run(sessions, stop)
+            if hub is not None:
+                await linger(settings, hub, page, stop, stats.events)
+            return stats
         except asyncio.CancelledError:
             print("emomon: forced stop; in-flight utterances were abandoned", file=sys.stderr)
             return None

@@ -30,7 +30,8 @@ from emomon.services.commands.flags import (
     overrides,
 )
 from emomon.services.commands.sessions import open_sources
-from emomon.services.metrics import Metrics, MetricsServer
+from emomon.services.health import Health, RedisProbe
+from emomon.services.metrics import Metrics, metrics_server
 from emomon.services.queue.redis_streams import RedisProducer, RedisQueueError, connect
 from emomon.services.settings import Settings
 from emomon.services.signals import install_stop_handlers
@@ -106,13 +107,14 @@ async def serve_stream(
     except RedisQueueError as e:
         raise CliError(str(e)) from e
     producer = RedisProducer(client, settings.redis, metrics, with_frames=with_frames)
-    server = (
-        MetricsServer(
-            metrics, producer.health, host=settings.metrics.host, port=settings.metrics.port
-        )
-        if settings.metrics.port is not None
-        else None
+    probe = RedisProbe.for_url(settings.redis.url) if settings.metrics.port is not None else None
+    health = Health(
+        producer.health,
+        probe,
+        redis_down_is_unhealthy=False,  # the buffer rides the outage out (RedisProducer.health)
+        auth_error=lambda: producer.auth_error,
     )
+    server = metrics_server(settings, metrics, health)
     stats = pipeline.PipelineStats()
 
     async def pump(session: str, source: Any) -> None:
@@ -148,6 +150,8 @@ async def serve_stream(
         stopper.cancel()
         if server is not None:
             await server.close()
+        if probe is not None:
+            await probe.aclose()
         await client.aclose()
         transcriber.close()
     log.info(

@@ -28,7 +28,8 @@ from emomon.services.commands.flags import (
     overrides,
 )
 from emomon.services.context import RedisContextStore
-from emomon.services.metrics import Metrics, MetricsServer
+from emomon.services.health import Health, RedisProbe
+from emomon.services.metrics import Metrics, metrics_server
 from emomon.services.publish.base import Sink, SinkError
 from emomon.services.queue.redis import (
     Classifier,
@@ -161,13 +162,15 @@ async def serve_worker(
         metrics=metrics,
         context=store,
     )
-    server = (
-        MetricsServer(
-            metrics, worker.health, host=settings.metrics.host, port=settings.metrics.port
-        )
-        if settings.metrics.port is not None
-        else None
+    probe = RedisProbe.for_url(settings.redis.url) if settings.metrics.port is not None else None
+    health = Health(
+        worker.health,
+        probe,
+        sinks,
+        auth_error=lambda: worker.auth_error,
+        sink_errors=lambda: worker.delivery.sink_errors,
     )
+    server = metrics_server(settings, metrics, health)
     started: list[Sink] = []
     try:
         for sink in sinks:
@@ -190,6 +193,8 @@ async def serve_worker(
                 log.error("sink %r did not close cleanly: %s", sink.name, e)
         if server is not None:
             await server.close()
+        if probe is not None:
+            await probe.aclose()
         await client.aclose()
         close = getattr(clf, "close", None)
         if callable(close):

@@ -14,6 +14,7 @@ https://www.home-assistant.io/integrations/sensor.mqtt/ .
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -45,6 +46,22 @@ def _version() -> str:
         return "0+unknown"
 
 
+def availability(topics: Sequence[str]) -> dict[str, Any]:
+    """HA's availability for an entity any of several emomon instances may update.
+
+    Each instance's retained ``online``/``offline`` topic is listed; ``availability_mode: any``
+    makes HA show the entity available while at least one of them is online, so one crashed
+    worker does not mark the others' sensors unavailable (issue #18, item 2).
+    """
+    return {
+        "availability": [
+            {"topic": t, "payload_available": "online", "payload_not_available": "offline"}
+            for t in topics
+        ],
+        "availability_mode": "any",
+    }
+
+
 def sensor_config(
     *,
     session: str,
@@ -52,6 +69,7 @@ def sensor_config(
     state_topic: str,
     status_topic: str,
     qos: int,
+    availability_topics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The discovery payload of one speaker's emotion sensor.
 
@@ -66,6 +84,8 @@ def sensor_config(
         state_topic: ``{prefix}/{session}/{speaker}/state`` (already sanitised).
         status_topic: ``{prefix}/status`` carrying ``online`` / ``offline``.
         qos: the QoS HA should subscribe with.
+        availability_topics: the per-instance ``{prefix}/status/{instance}`` topics (issue #18);
+            given, they replace ``status_topic`` with ``availability_mode: any``.
     """
     oid = object_id(session, speaker)
     return {
@@ -78,13 +98,7 @@ def sensor_config(
         "options": emotion_labels(),
         "icon": "mdi:emoticon-outline",
         "qos": qos,
-        "availability": [
-            {
-                "topic": status_topic,
-                "payload_available": "online",
-                "payload_not_available": "offline",
-            }
-        ],
+        **availability(availability_topics or [status_topic]),
         "device": {
             "identifiers": [device_id(session)],
             "name": f"emomon {session}",
@@ -93,4 +107,45 @@ def sensor_config(
             "sw_version": _version(),
         },
         "origin": {"name": "emomon", "sw_version": _version()},
+    }
+
+
+def alert_object_id(session: str, speaker: str, rule: str) -> str:
+    """The object id of one speaker's binary sensor for one alert rule (issue 17)."""
+    return _SLUG_UNSAFE.sub("_", f"emomon_{session}_{speaker}_alert_{rule}")
+
+
+def binary_sensor_config(
+    *,
+    session: str,
+    speaker: str,
+    rule: str,
+    state_topic: str,
+    status_topic: str,
+    qos: int,
+) -> dict[str, Any]:
+    """The discovery payload of one alert rule's binary sensor for one speaker (issue 17).
+
+    Its state topic is ``{prefix}/{session}/{speaker}/alert/{rule}``, retained ``ON`` while the
+    rule is active and ``OFF`` once it cleared (alerts.hysteresis). It sits on the same HA device
+    as the speaker's emotion sensor. Reference:
+    https://www.home-assistant.io/integrations/binary_sensor.mqtt/ .
+    """
+    sensor = sensor_config(
+        session=session,
+        speaker=speaker,
+        state_topic=state_topic,
+        status_topic=status_topic,
+        qos=qos,
+    )
+    for key in ("value_template", "json_attributes_topic", "device_class", "options", "icon"):
+        sensor.pop(key)
+    return {
+        **sensor,
+        "name": f"{speaker} alert {rule}",
+        "unique_id": alert_object_id(session, speaker, rule),
+        "payload_on": "ON",
+        "payload_off": "OFF",
+        "device_class": "problem",
+        "icon": "mdi:alert-outline",
     }

@@ -255,9 +255,16 @@ class Collector:
     """A subscriber that records every message (topic, payload, retain) in the background."""
 
     def __init__(
-        self, port: int, topic: str, *, client_id: str | None = None, clean: bool = True
+        self,
+        port: int,
+        topic: str,
+        *,
+        client_id: str | None = None,
+        clean: bool = True,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.port = port
+        self.auth = auth  # (user, password) for a broker with a password file
         self.topic = topic
         self.client_id = client_id
         self.clean = clean
@@ -281,7 +288,12 @@ class Collector:
         while True:
             try:
                 async with aiomqtt.Client(
-                    "127.0.0.1", self.port, identifier=self.client_id, clean_session=self.clean
+                    "127.0.0.1",
+                    self.port,
+                    identifier=self.client_id,
+                    clean_session=self.clean,
+                    username=self.auth[0] if self.auth else None,
+                    password=self.auth[1] if self.auth else None,
                 ) as client:
                     await client.subscribe(self.topic, qos=1)
                     self._ready.set()

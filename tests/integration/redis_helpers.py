@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -46,11 +47,21 @@ def free_port() -> int:
 class RedisServer:
     """A throw-away ``redis-server`` on 127.0.0.1; ``data_dir`` turns on AOF so a restart keeps data."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        extra: Sequence[str] = (),
+        ping_auth: tuple[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> None:
         if REDIS_SERVER is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.port = port or free_port()
         self.data_dir = data_dir
+        self.extra = list(extra)  # more redis-server arguments (e.g. ACL users)
+        self.config_file = config_file  # read first; the arguments above override it
+        self.ping_auth = ping_auth  # (user, password) when the default user may not PING
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,16 +69,22 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args = [REDIS_SERVER, *([str(self.config_file)] if self.config_file else [])]
+        args += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         if self.data_dir is not None:
             args += ["--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    if self.ping_auth is not None:
+                        user, password = self.ping_auth
+                        s.sendall(f"AUTH {user} {password}\r\n".encode())
+                        s.recv(64)
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return self
@@ -247,3 +264,12 @@ def worker_argv(
     """The real ``emomon worker`` command line."""
     require_checkpoint()
     return worker_command(redis_url, consumer, jsonl, stream=stream, extra=extra)
+
+
+def with_header(utt: Utterance, **changes: Any) -> dict[str, bytes]:
+    """The entry of ``utt`` with header fields replaced by raw JSON values (no encoder checks)."""
+    raw = utt.to_wire()
+    (hlen,) = struct.unpack(">I", raw[4:8])
+    header = json.loads(raw[8 : 8 + hlen]) | changes
+    hdr = json.dumps(header).encode()
+    return {"v": "1", "u": raw[:4] + struct.pack(">I", len(hdr)) + hdr + raw[8 + hlen :]}

@@ -47,7 +47,8 @@ def test_replay_phone_call_publishes_per_speaker_events(mosquitto: Mosquitto) ->
 
     async def main() -> tuple[Collector, Collector, list[Any]]:
         sinks = build_sinks(settings, [session])  # the factory `emomon run` uses
-        assert [type(s) for s in sinks] == [MqttSink]
+        # the events' sink, then the trend/alert topics' (issue 17)
+        assert [s.name for s in sinks] == ["mqtt", "insights"]
         sink = sinks[0]
         assert isinstance(sink, MqttSink)
         pipeline = Pipeline(settings, sinks, worker=_worker(settings))

@@ -84,7 +84,7 @@ def test_topics_payloads_and_retained_state(mosquitto: Mosquitto) -> None:
         assert [e["label"] for e in alice] == ["joy", "sadness"]
         assert [e["label"] for e in bob] == ["anger", "neutral"]
         for topic, payload, _ in sub.messages:
-            if not topic.endswith("/status"):
+            if "/status" not in topic:
                 jsonschema.validate(json.loads(payload), EVENT_SCHEMA)
         assert [json.loads(p)["speaker"] for p in sub.on("emomon/call-1/events")] == [
             "alice",
@@ -94,15 +94,18 @@ def test_topics_payloads_and_retained_state(mosquitto: Mosquitto) -> None:
         ]
         assert all(not r for t, _, r in sub.messages if t.endswith(("/emotion", "/events")))
 
-        assert late["emomon/status"] == b"online"
+        own = f"emomon/status/{sink.instance}"
+        assert late["emomon/status"] == late[own] == b"online"
         assert json.loads(late["emomon/call-1/alice/state"])["label"] == "sadness"
         assert json.loads(late["emomon/call-1/bob/state"])["label"] == "neutral"
         assert set(late) == {
             "emomon/status",
+            own,
             "emomon/call-1/alice/state",
             "emomon/call-1/bob/state",
         }
-        assert (await retained(mosquitto.port, "emomon/status"))["emomon/status"] == b"offline"
+        after = await retained(mosquitto.port, "emomon/status/#")
+        assert after == {"emomon/status": b"offline", own: b"offline"}
         c = sink.counters
         assert (c["queued"], c["sent"], c["dropped"], c["pending"]) == (4, 4, 0, 0)
 
@@ -256,7 +259,14 @@ def test_home_assistant_discovery_retained_and_reannounced(mosquitto: Mosquitto)
         ):
             assert key in alice, key
         assert alice["state_topic"] == alice["json_attributes_topic"] == "emomon/call-1/alice/state"
-        assert alice["availability"][0]["topic"] == "emomon/status"
+        assert alice["availability"] == [
+            {
+                "topic": f"emomon/status/{sink.instance}",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ]
+        assert alice["availability_mode"] == "any"
         assert (
             alice["unique_id"]
             != json.loads(configs["homeassistant/sensor/emomon_call-1_bob/config"])["unique_id"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +14,7 @@ from redis_helpers import (  # noqa: F401 - redis_server_fixture provides redis_
     classifier_or_skip,
     redis_server_fixture,
     synthetic_utterance,
+    with_header,
 )
 
 from emomon.services.context import RedisContextStore
@@ -338,15 +337,6 @@ def test_worker_rides_out_a_redis_restart(classifier: Any) -> None:
         server.stop()
 
 
-def _with_header(utt: Utterance, **changes: Any) -> dict[str, bytes]:
-    """The entry of ``utt`` with header fields replaced by raw JSON values (no encoder checks)."""
-    raw = utt.to_wire()
-    (hlen,) = struct.unpack(">I", raw[4:8])
-    header = json.loads(raw[8 : 8 + hlen]) | changes
-    hdr = json.dumps(header).encode()
-    return {"v": "1", "u": raw[:4] + struct.pack(">I", len(hdr)) + hdr + raw[8 + hlen :]}
-
-
 def test_type_wrong_header_fields_are_dead_lettered_alone(
     redis_server: RedisServer, classifier: Any
 ) -> None:
@@ -371,9 +361,9 @@ def test_type_wrong_header_fields_are_dead_lettered_alone(
         )
         await w.ensure_group()
         good = synthetic_utterance(7, session="types")
-        await client.xadd(settings.stream, _with_header(synthetic_utterance(1), speaker=12345))
-        await client.xadd(settings.stream, _with_header(synthetic_utterance(2), session=12345))
-        await client.xadd(settings.stream, _with_header(synthetic_utterance(3), end_s=math.nan))
+        await client.xadd(settings.stream, with_header(synthetic_utterance(1), speaker=12345))
+        await client.xadd(settings.stream, with_header(synthetic_utterance(2), session=12345))
+        await client.xadd(settings.stream, with_header(synthetic_utterance(3), end_s=math.nan))
         await _xadd(client, settings.stream, [good])  # same batch as the poison
         await _run_until([w], lambda: len(sink.events) >= 1 and w.dead_lettered >= 3, 30)
 

@@ -87,6 +87,20 @@ class Outbox:
             self.idle.set()
         return dropped
 
+    def peek(self) -> PendingEvent | None:
+        """The oldest waiting event, if any."""
+        return self._waiting[0] if self._waiting else None
+
+    def drop_head(self) -> None:
+        """Drop the oldest waiting event (one that keeps crashing the sink); counted as dropped."""
+        if self._waiting:
+            self._waiting.popleft()
+            self.dropped += 1
+            if not self._waiting:
+                self.nonempty.clear()
+                if self._in_flight == 0:
+                    self.idle.set()
+
     def abandon(self) -> int:
         """Forget every waiting event (at close, when the broker could not take them)."""
         n = len(self._waiting)

@@ -8,17 +8,25 @@ sent again after the reconnect (consumers may see duplicates; ``event_id`` ident
 Only overflow of the bound drops events - the oldest first - and that is counted and logged.
 Reconnects follow one :class:`~.client.ReconnectPolicy`, counted by the shared
 :class:`~emomon.services.retry.RetryPolicy`. Topic names live in :mod:`.topics`.
+
+Failures stay visible and recoverable (issue #18): a bug that kills the connection task
+restarts it on the same back-off (:mod:`.supervision`: an event that crashes it twice in a row
+is dropped and counted; 10 crashes in a row stop the sink), and :meth:`MqttSink.health` says so,
+as it says when the broker refuses the credentials. Availability is per instance and the
+retained states are put back after a broker loses them (:mod:`.upkeep`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import operator
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import aiomqtt
 
@@ -27,20 +35,22 @@ from emomon.services.publish import homeassistant
 from emomon.services.publish.base import SinkError
 from emomon.services.publish.mqtt.client import (
     ReconnectPolicy,
-    SinkClient,
     describe_failure,
+    is_auth_rc,
     parse_mqtt_url,
     tls_context,
 )
 from emomon.services.publish.mqtt.outbox import Outbox, PendingEvent
+from emomon.services.publish.mqtt.presence import default_instance_id
+from emomon.services.publish.mqtt.supervision import CrashGuard
 from emomon.services.publish.mqtt.topics import (
-    STATUS_OFFLINE,
     STATUS_ONLINE,
     Topics,
     check_sessions,
     sanitize_segment,
     validate_prefix,
 )
+from emomon.services.publish.mqtt.upkeep import Upkeep
 from emomon.services.retry import RetryPolicy, sleep_unless
 from emomon.services.settings import MqttSettings
 
@@ -96,6 +106,12 @@ class MqttSink:
         self._connects = 0
         self._connection_errors = 0
         self._last_drop_log = float("-inf")
+        self.instance = sanitize_segment(settings.client_id or default_instance_id())
+        self.upkeep = Upkeep(self.topics, self.instance)
+        self.connected = False
+        self._down_since: float | None = time.monotonic()
+        self.auth_refused: str | None = None  # the broker refused our credentials (unhealthy)
+        self.guard = CrashGuard(self._outbox)  # crashes of the connection task (supervision.py)
 
     # -- Sink protocol ------------------------------------------------------------------------
 
@@ -188,7 +204,39 @@ class MqttSink:
             "connects": self._connects,
             "reconnects": max(0, self._connects - 1),
             "connection_errors": self._connection_errors,
+            "crashes": self.guard.crashes,
+            "poisoned": self.guard.poisoned,
+            "states_republished": self.upkeep.states.republished,
         }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Unhealthy while stopped, restarting after a crash, or refused by the broker.
+
+        A broker that is merely away is reported (``connected``, ``down_s``, ``pending``) but
+        healthy: the outbox holds the events, and restarting this process would lose them.
+        """
+        reason: str | None = None
+        if self._runner is None:
+            reason = "not started"
+        elif self._runner.done():
+            exc = None if self._runner.cancelled() else self._runner.exception()
+            reason = f"stopped: {exc}" if exc else "stopped"
+        elif self.auth_refused:
+            reason = self.auth_refused
+        else:
+            reason = self.guard.restarting
+        down = self._down_since
+        detail: dict[str, Any] = {
+            "instance": self.instance,
+            "connected": self.connected,
+            "down_s": None if down is None else round(time.monotonic() - down, 1),
+            "pending": self._outbox.pending,
+            "dropped": self._outbox.dropped,
+            "crashes": self.guard.crashes,
+        }
+        if reason:
+            detail["reason"] = reason
+        return reason is None, detail
 
     # -- connection loop ----------------------------------------------------------------------
 
@@ -198,16 +246,18 @@ class MqttSink:
         retry = RetryPolicy(log, self.reconnect, recovery_message=None)
         try:
             while not self._stop.is_set():
-                client = self._client()
+                client, presence = self.upkeep.clients(self.address, self._tls, self.window)
                 connected = False
                 try:
-                    async with client:
-                        await self._on_connect(client)
+                    async with contextlib.AsyncExitStack() as stack:
+                        await stack.enter_async_context(client)
+                        await stack.enter_async_context(presence)
+                        await self._on_connect(client, presence)
                         connected = True
                         retry.succeeded()
                         if not first.done():
                             first.set_result(None)
-                        await self._serve(client)
+                        await self._serve(client, presence)
                         return  # _serve returns only when close() asked to stop
                 except aiomqtt.MqttError as e:
                     self._connection_errors += 1
@@ -215,12 +265,18 @@ class MqttSink:
                         e,
                         self.address.display,
                         connected=connected,
-                        socket_error=client.last_socket_error,
+                        socket_error=client.last_socket_error or presence.last_socket_error,
                         will_retry=self.settings.wait_for_broker or self._connected_once,
                     )
+                    if isinstance(e, aiomqtt.MqttCodeError) and is_auth_rc(e.rc):
+                        self.auth_refused = message
                     if not self._connected_once and not self.settings.wait_for_broker:
                         first.set_exception(SinkError(message))
                         return
+                except Exception as e:  # noqa: BLE001 - a bug must restart the task, not end it
+                    message = self.guard.crashed(e)
+                finally:
+                    self._disconnected()
                 delay = retry.next_delay_s()
                 log.warning(
                     "MQTT: %s; %d events pending; retrying in %.1f s",
@@ -236,17 +292,14 @@ class MqttSink:
                 )
                 first.exception()  # retrieved here: nobody may be awaiting it (wait_for_broker)
 
-    def _client(self) -> SinkClient:
-        return SinkClient.fresh(
-            self.address,
-            client_id=self.settings.client_id,
-            will=aiomqtt.Will(self.topics.status, STATUS_OFFLINE, qos=1, retain=True),
-            tls=self._tls,
-            window=self.window,
-        )
+    def _disconnected(self) -> None:
+        if self.connected:
+            self._down_since = time.monotonic()
+        self.connected = False
 
-    async def _on_connect(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.topics.status, STATUS_ONLINE, qos=1, retain=True)
+    async def _on_connect(self, client: aiomqtt.Client, presence: aiomqtt.Client) -> None:
+        await self.upkeep.on_connect(client, presence)
+        self.connected, self._down_since, self.auth_refused = True, None, None
         self._connects += 1
         if self._connected_once:
             log.warning(
@@ -265,7 +318,7 @@ class MqttSink:
         if self.settings.ha_discovery:
             await client.subscribe(self.topics.ha_status, qos=1)
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: aiomqtt.Client, presence: aiomqtt.Client) -> None:
         """Drain the outbox until close(); raise MqttError when the connection is lost.
 
         Three tasks: the drainer (the only writer), the watcher (notices a lost connection at
@@ -275,6 +328,7 @@ class MqttSink:
         tasks = {
             asyncio.create_task(self._drain(client), name="mqtt-drain"),
             asyncio.create_task(self._watch(client), name="mqtt-watch"),
+            asyncio.create_task(self._watch_presence(presence), name="mqtt-presence"),
             stopper := asyncio.create_task(self._stop.wait(), name="mqtt-stop"),
         }
         try:
@@ -290,16 +344,21 @@ class MqttSink:
                 and (exc := task.exception()) is not None
             ):
                 raise exc
-        try:
-            await client.publish(
-                self.topics.status, STATUS_OFFLINE, qos=1, retain=True, timeout=2.0
-            )
-        except aiomqtt.MqttError as e:
-            log.warning("MQTT: could not publish 'offline' on %s: %s", self.topics.status, e)
+        await self.upkeep.on_close(client, presence)
+
+    async def _watch_presence(self, presence: aiomqtt.Client) -> None:
+        """Ends (MqttError) when the presence connection is lost, so both reconnect."""
+        async for _ in presence.messages:
+            pass
 
     async def _watch(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if (
+            if self.upkeep.handle(message):
+                if self.upkeep.availability_changed and self.settings.ha_discovery:
+                    self.upkeep.availability_changed = False
+                    self._announced.clear()  # configs list the instances' topics: re-announce
+                self._wake.set()
+            elif (
                 message.topic.matches(self.topics.ha_status)
                 and message.payload == STATUS_ONLINE.encode()
             ):
@@ -314,6 +373,7 @@ class MqttSink:
         """The only task that publishes on ``client``: discovery configs first, then events."""
         while True:
             self._wake.clear()  # before looking at the work, so a wake-up that follows is never missed
+            await self.upkeep.maintain(client, self.publish_timeout_s)
             if self.settings.ha_discovery:
                 await self._announce(
                     client, [k for k in self._speakers if k not in self._announced]
@@ -321,8 +381,11 @@ class MqttSink:
             batch = self._outbox.take(self.window)
             if batch:
                 await self._send_batch(client, batch)
-            else:
-                await self._wake.wait()
+                self.guard.working()
+                continue
+            self.guard.working()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.upkeep.next_due_s())
 
     async def _send_batch(self, client: aiomqtt.Client, batch: list[PendingEvent]) -> None:
         """Send each event's messages; settle the batch even when cancelled or disconnected."""
@@ -330,7 +393,8 @@ class MqttSink:
         results: list[BaseException | None] = []
 
         async def send(i: int, item: PendingEvent) -> None:
-            for topic, retain in self.topics.routes(item.event.session, item.event.speaker):
+            ev = item.event
+            for topic, retain in self.topics.routes(ev.session, ev.speaker):
                 await client.publish(
                     topic,
                     item.payload,
@@ -338,6 +402,8 @@ class MqttSink:
                     retain=retain,
                     timeout=self.publish_timeout_s,
                 )
+                if retain:  # the speaker's state: remembered to put back after a broker loss
+                    self.upkeep.states.delivered(topic, ev.end_s, ev.event_id, item.payload)
             delivered[i] = True
 
         try:
@@ -377,6 +443,7 @@ class MqttSink:
                 state_topic=self.topics.state(session, speaker),
                 status_topic=self.topics.status,
                 qos=self.settings.qos,
+                availability_topics=self.upkeep.presence.availability_topics(),
             )
             await client.publish(
                 self.topics.ha_config(session, speaker),

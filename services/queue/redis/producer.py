@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from emomon.services.health import AUTH_ERRORS, auth_log_level, auth_reason
 from emomon.services.metrics import Metrics
 from emomon.services.queue import wire
 from emomon.services.queue.redis.client import TRANSIENT_ERRORS
@@ -62,6 +63,7 @@ class RedisProducer:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.last_ok_monotonic: float | None = None
+        self.auth_error: str | None = None  # Redis refused our credentials or ACL (unhealthy)
         self.produced = 0
         self.dropped = 0
 
@@ -125,6 +127,15 @@ class RedisProducer:
             t0 = time.perf_counter()
             try:
                 await self._write(batch)
+            except AUTH_ERRORS as e:
+                # No retry fixes a wrong password: /healthz turns 503 with this reason; the
+                # buffer keeps the newest utterances until a person fixes the credentials.
+                self.auth_error = auth_reason(e)
+                self._requeue(batch)
+                await self.retry.wait_after_failure(
+                    self.auth_error, level=auth_log_level(self.failures + 1)
+                )
+                continue
             except TRANSIENT_ERRORS as e:
                 self._requeue(batch)
                 await self.retry.wait_after_failure(
@@ -141,6 +152,7 @@ class RedisProducer:
                 )
                 continue
             self.retry.succeeded()
+            self.auth_error = None
             self._written(batch, t0)
 
     async def _write(self, batch: list[tuple[Utterance, float]]) -> None:
@@ -203,7 +215,8 @@ class RedisProducer:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Alive while the drain task runs. Redis being away is *degraded*, not dead: restarting
-        the streamer would throw its buffer away, so the probe stays 200 and reports it."""
+        the streamer would throw its buffer away, so the probe stays 200 and reports it
+        (:class:`~emomon.services.health.Health` adds the live probe and credential refusals)."""
         alive = self._task is not None and not self._task.done()
         return alive, {
             "redis": "down" if self.failures else "up",

@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from emomon.services.context import ContextStore
 from emomon.services.delivery import Classifier, Delivery
+from emomon.services.health import AUTH_ERRORS, auth_log_level, auth_reason
 from emomon.services.metrics import Metrics
 from emomon.services.publish.base import Sink
 from emomon.services.queue import wire
@@ -32,6 +33,7 @@ from emomon.services.queue.redis.client import (
     default_consumer_name,
     entry_time_ms,
 )
+from emomon.services.queue.redis.heartbeat import Heartbeat
 from emomon.services.queue.redis.reader import GroupReader
 from emomon.services.retry import Backoff, RetryPolicy, sleep_unless
 from emomon.services.settings import RedisSettings, WorkerSettings
@@ -69,10 +71,20 @@ class RedisStreamWorker:
         self.redis_retry = RetryPolicy(log, backoff, self.metrics.redis_errors.labels(op="worker"))
         # batches that left entries pending: re-read after a growing pause, no log of their own
         self.processing_retry = RetryPolicy(log, backoff, recovery_message=None)
+        # A live worker's entries never look idle to the janitors (heartbeat.py, issue #18).
+        self.heartbeat = Heartbeat(
+            client,
+            settings.stream,
+            settings.group,
+            self.consumer,
+            min(settings.heartbeat_ms, settings.claim_idle_ms / 3) / 1000,
+        )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_batch_monotonic: float | None = None
         self.dead_lettered = 0
+        self.auth_error: str | None = None  # Redis refused our credentials or ACL (unhealthy)
+        self.paused: str | None = None  # why this worker takes no entries (an unhealthy sink)
 
     @property
     def backoff(self) -> Backoff:
@@ -104,14 +116,77 @@ class RedisStreamWorker:
             self.worker_settings.max_wait_ms,
             self.settings.claim_idle_ms,
         )
+        beating = asyncio.create_task(self.heartbeat.run(stop), name="redis-heartbeat")
+        try:
+            await self._serve(stop)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+        log.info(
+            "worker %r stopped: %d events out, %d dead-lettered",
+            self.consumer,
+            self.events_out,
+            self.dead_lettered,
+        )
+
+    def _unhealthy_sink(self) -> str | None:
+        """The first sink whose own ``health()`` is bad (refused, restarting, stopped), if any."""
+        for sink in self.delivery.sinks:
+            probe = getattr(sink, "health", None)
+            if callable(probe):
+                ok, info = probe()
+                if not ok:
+                    return f"sink {getattr(sink, 'name', sink)}: {info.get('reason', 'unhealthy')}"
+        return None
+
+    async def _pause_while_a_sink_is_unhealthy(self, stop: asyncio.Event) -> bool:
+        """Take no entries while a sink cannot deliver, and let go of the held ones.
+
+        Why: entries taken now would fail or pile up in a sink that cannot deliver, and each
+        re-read would burn a delivery until valid utterances are dead-lettered. Paused, this
+        worker stops its heartbeat, so after ``claim_idle_ms`` a healthy worker reclaims what it
+        held; its /healthz is 503 meanwhile. Returns True while paused.
+        """
+        reason = self._unhealthy_sink()
+        if reason is None:
+            if self.paused is not None:
+                log.warning("%s recovered; taking entries again", self.paused.split(":")[0])
+                self.paused = None
+                self.heartbeat.paused = False
+                self.reader.reread_pending()
+            return False
+        if self.paused is None:
+            log.error(
+                "%s; taking no entries until it recovers (held ones go to other workers after "
+                "claim_idle_ms)",
+                reason,
+            )
+        self.paused = reason
+        self.heartbeat.paused = True
+        await sleep_unless(stop, 0.5)
+        return True
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         group_ready = False
         while not stop.is_set():
+            if await self._pause_while_a_sink_is_unhealthy(stop):
+                continue
             try:
                 if not group_ready:
                     await self.ensure_group()
                     group_ready = True
                 await self.step(stop)
                 self.redis_retry.succeeded()
+                self.auth_error = None
+            except AUTH_ERRORS as e:
+                # WRONGPASS / NOAUTH / NOPERM: no retry fixes these, a person must. Say so
+                # loudly (health turns 503 with this reason) and keep trying at the capped pace,
+                # so a corrected ACL is picked up without a restart.
+                self.auth_error = auth_reason(e)
+                self.reader.reread_pending()
+                await self.redis_retry.wait_after_failure(
+                    self.auth_error, stop, level=auth_log_level(self.redis_retry.failures + 1)
+                )
             except TRANSIENT_ERRORS as e:
                 # Whatever was in hand is pending again: re-read it first.
                 self.reader.reread_pending()
@@ -132,12 +207,6 @@ class RedisStreamWorker:
                 # ours; the batch in hand stays pending, so back off and try again.
                 self.reader.reread_pending()
                 await self.redis_retry.wait_after_failure(f"Redis refused a command ({e})", stop)
-        log.info(
-            "worker %r stopped: %d events out, %d dead-lettered",
-            self.consumer,
-            self.events_out,
-            self.dead_lettered,
-        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         alive = self._task is not None and not self._task.done()
@@ -152,6 +221,8 @@ class RedisStreamWorker:
             "last_batch_age_s": age,
             "events": self.events_out,
             "dead_letters": self.dead_lettered,
+            "held": self.heartbeat.held,
+            "paused": self.paused,
         }
 
     # -- one step of the loop ---------------------------------------------------------------
@@ -163,6 +234,7 @@ class RedisStreamWorker:
     async def _handle(self, entries: list[Entry]) -> int:
         """Decode, deliver, ack; dead-letter what cannot be processed."""
         t_read = time.time()
+        self.heartbeat.hold(e.id for e in entries)
         self.metrics.consumed.inc(len(entries))
         self.metrics.batch_size.observe(len(entries))
         good: list[tuple[Entry, Utterance]] = []
@@ -187,6 +259,7 @@ class RedisStreamWorker:
             good.append((e, utt))
         if ack_now:
             await self._r.xack(self.settings.stream, self.settings.group, *ack_now)
+            self.heartbeat.release(ack_now)
         if good:
             done = await self._deliver_isolating_failures(good)
             if done < len(good):
@@ -236,6 +309,7 @@ class RedisStreamWorker:
             return False
         t0 = time.perf_counter()
         await self._r.xack(self.settings.stream, self.settings.group, *[e.id for e, _ in items])
+        self.heartbeat.release(e.id for e, _ in items)
         self.metrics.observe_stage("ack", time.perf_counter() - t0)
         return True
 
@@ -263,6 +337,7 @@ class RedisStreamWorker:
             pipe.xadd(s.dead_letter_stream, record, maxlen=s.maxlen, approximate=True)
             pipe.xack(s.stream, s.group, e.id)
             await pipe.execute()
+        self.heartbeat.release([e.id])
         self.dead_lettered += 1
         self.metrics.dead_letters.labels(reason=reason).inc()
         log.warning(
