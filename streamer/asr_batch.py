@@ -7,16 +7,19 @@ into groups of equal window length (every utterance up to 2 s of speech has the 
 and each group is one ``encode`` and one ``generate`` call. The frames and the text of an
 utterance are the same as when it is transcribed alone (``tests/unit/test_asr_batch.py``).
 
-:class:`AsrBatcher` collects the requests: when a transcription slot is free it takes what is
-waiting, waits at most ``batch_wait_ms`` for more (like the fusion worker's ``max_wait_ms``)
-and hands up to ``batch_max`` utterances to one call. An idle pipeline therefore pays at most
-a few milliseconds; a busy one gets larger batches exactly when slots are scarce.
+:class:`AsrBatcher` collects the requests. Waiting requests are first spread over the free
+transcription slots (``asr.workers`` calls run in parallel, one core each); the last free slot
+waits at most ``batch_wait_ms`` for more (like the fusion worker's ``max_wait_ms``) and takes
+up to ``batch_max``. So an idle pipeline never waits and never batches, and a busy one batches
+exactly what the slots cannot run in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +90,11 @@ class AsrBatcher:
         self.batch_max = batch_max
         self.wait_s = batch_wait_ms / 1000
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Request] = asyncio.Queue()
+        self.waiting: deque[Request] = deque()
+        self._arrived = asyncio.Event()
         self.slots = asyncio.Semaphore(slots)
+        self.total_slots = slots
+        self.busy = 0  # slots running a batch
         self.sizes: dict[int, int] = {}  # batch size -> batches run
         self._task = self.loop.create_task(self._collect(), name="asr-batcher")
         self._running: set[asyncio.Task[None]] = set()
@@ -96,29 +102,40 @@ class AsrBatcher:
     async def submit(self, audio: np.ndarray, meta: Any) -> Any:
         """``run_batch``'s result for ``audio``; ``meta`` travels with it (stream, ticket)."""
         fut: asyncio.Future[Any] = self.loop.create_future()
-        self.queue.put_nowait((audio, meta, fut))
+        self.waiting.append((audio, meta, fut))
+        self._arrived.set()
         return await fut
 
+    async def _arrival(self, timeout: float | None = None) -> bool:
+        """Wait for a new request (False: none came within ``timeout``)."""
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _collect(self) -> None:
+        """Hand waiting requests to free slots. With one CTranslate2 thread per call, two calls
+        in parallel use two cores and a batch uses one: so requests are spread over the free
+        slots first, and only the last free slot waits (``wait_s``) to batch what is left."""
         while True:
             await self.slots.acquire()
-            batch = [await self.queue.get()]
+            while not self.waiting:
+                await self._arrival()
             deadline = self.loop.time() + self.wait_s
-            while len(batch) < self.batch_max:
-                if not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-                    continue
+            while self.total_slots - self.busy - 1 == 0 and len(self.waiting) < self.batch_max:
                 left = deadline - self.loop.time()
-                if left <= 0:
+                if left <= 0 or not await self._arrival(left):
                     break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
+            free = self.total_slots - self.busy  # this slot included
+            share = min(self.batch_max, math.ceil(len(self.waiting) / free))
+            batch = [self.waiting.popleft() for _ in range(share)]
             batch = [r for r in batch if not r[2].done()]  # cancelled while waiting
             if not batch:
                 self.slots.release()
                 continue
+            self.busy += 1
             t = self.loop.create_task(self._run(batch))
             self._running.add(t)
             t.add_done_callback(self._running.discard)
@@ -139,6 +156,7 @@ class AsrBatcher:
                 if not fut.done():
                     fut.set_result(res)
         finally:
+            self.busy -= 1
             self.slots.release()
 
     async def aclose(self) -> None:
