@@ -73,6 +73,7 @@ def main() -> int:
         default=[1],
         help="CTranslate2 threads per transcription (asr.cpu_threads; 0 = its own default)",
     )
+    ap.add_argument("--beams", type=int, nargs="+", default=[1], help="asr.beam_size values")
     args = ap.parse_args()
 
     from emomon.streamer.transcriber import Transcriber, TranscriberConfig
@@ -82,12 +83,18 @@ def main() -> int:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
-    print("Whisper tiny.en int8 (shipped), greedy, one utterance at a time\n")
+    print("Whisper tiny.en int8 (shipped), one utterance at a time\n")
     print(
-        f"{'window':<7} {'threads':>7} {'corpus':<8} {'utts':>5} {'WER':>6} {'mean ms':>8} {'p95 ms':>7} loops"
+        f"{'window':<9} {'beam':>4} {'threads':>7} {'corpus':<8} {'utts':>5} {'WER':>6} "
+        f"{'mean ms':>8} {'p95 ms':>7} loops"
     )
-    for window, threads in ((w, t) for w in args.windows for t in args.threads):
-        tr = Transcriber(TranscriberConfig(encoder_window=window, cpu_threads=threads))
+    configs = [(w, b, t) for w in args.windows for b in args.beams for t in args.threads]
+    for window, beam, threads in configs:
+        tr = Transcriber(
+            TranscriberConfig(
+                encoder_window=window, cpu_threads=threads, language="en", beam_size=beam
+            )
+        )
         tr.transcribe_sync(data[0][1])  # warm-up
         res: dict[str, list] = {}
         for corpus, audio, ref in data:
@@ -99,7 +106,7 @@ def main() -> int:
             r[3] += out.fallback
         for corpus, (ref, hyp, ms, loops) in res.items():
             print(
-                f"{window:<7} {threads:>7} {corpus:<8} {len(ms):5d} {wer(ref, hyp):6.3f} {np.mean(ms):8.0f} "
+                f"{window:<9} {beam:>4} {threads:>7} {corpus:<8} {len(ms):5d} {wer(ref, hyp):6.3f} {np.mean(ms):8.0f} "
                 f"{np.percentile(ms, 95):7.0f} {loops}",
                 flush=True,
             )

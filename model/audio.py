@@ -176,6 +176,18 @@ def encode_whisper(
     the encoder runs once per utterance. ``window`` sets the encoder window (see
     :class:`WhisperWindow`); the log-mel features past the speech are zero-padded.
     """
+    features, segment = window_features(whisper_model, audio, window)
+    encoder_output = whisper_model.encode(segment)  # StorageView (1, length / 2, D)
+    frames = content_frames_of(np.array(encoder_output)[0], features)  # (T, D)
+    return features, encoder_output, frames
+
+
+def window_features(
+    whisper_model: Any, audio: np.ndarray, window: WhisperWindow = FULL_WINDOW
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(log-mel features of the audio, the encoder's input window (80, length))``: the first
+    half of :func:`encode_whisper`, so that utterances with equal windows can be encoded as one
+    batch (``streamer/asr_batch.py``)."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)[: int(WHISPER_MAX_S * SAMPLE_RATE_HZ)]
     if audio.size == 0:
         raise AudioError("empty audio has no Whisper frames; pass audio=None instead")
@@ -188,9 +200,14 @@ def encode_whisper(
     segment = features[:, : min(length, content_frames)]
     if segment.shape[-1] < length:
         segment = np.pad(segment, ((0, 0), (0, length - segment.shape[-1])))  # (80, length)
-    encoder_output = whisper_model.encode(segment)  # StorageView (1, length / 2, D)
-    frames = np.array(encoder_output)[0, : max(1, math.ceil(content_frames / 2))]  # (T, D)
-    return features, encoder_output, np.ascontiguousarray(frames, dtype=np.float32)
+    return features, segment
+
+
+def content_frames_of(encoded: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The encoder frames (T, D) of the content (padding dropped) from one item's output."""
+    content_frames = features.shape[-1] - 1
+    frames = encoded[: max(1, math.ceil(content_frames / 2))]
+    return np.ascontiguousarray(frames, dtype=np.float32)
 
 
 def whisper_encoder_frames(

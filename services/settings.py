@@ -219,8 +219,23 @@ class AsrSettings(_Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(_ASR.device)
     compute_type: str = Field(_ASR.compute_type)
-    beam_size: int = Field(_ASR.beam_size, ge=1, le=10)
-    language: str | None = Field(_ASR.language)
+    beam_size: int = Field(
+        _ASR.beam_size,
+        ge=1,
+        le=10,
+        description="beam search width while the ASR keeps up (one utterance, none waiting)",
+    )
+    busy_beam_size: int = Field(
+        _ASR.busy_beam_size,
+        ge=1,
+        le=10,
+        description="beam width when utterances wait for the ASR or are batched (load): "
+        "greedy by default, so that more sessions fit",
+    )
+    language: str | None = Field(
+        _ASR.language,
+        description="None: detect each stream's language; a code (e.g. 'en'): assume it",
+    )
     cpu_threads: int = Field(
         _ASR.cpu_threads,
         ge=0,
@@ -235,6 +250,42 @@ class AsrSettings(_Section):
         le=16,
         description="parallel transcriptions (sessions whose utterances end together do not "
         "wait for each other)",
+    )
+    lid_model: str = Field(
+        _ASR.lid_model,
+        description="multilingual Whisper that detects each stream's language when the ASR "
+        "model is English-only (asr.language none)",
+    )
+    lid_settle_s: float = Field(
+        _ASR.lid_settle_s,
+        ge=0.0,
+        le=600.0,
+        description="seconds of a stream's speech measured before its language is settled",
+    )
+    lid_recheck_s: float = Field(
+        _ASR.lid_recheck_s,
+        ge=1.0,
+        le=3600.0,
+        description="a settled stream's language is measured again after this much speech",
+    )
+    min_pitched_ratio: float = Field(
+        _ASR.min_pitched_ratio,
+        ge=0.0,
+        le=1.0,
+        description="share of pitched 40 ms frames below which a segment is noise: no text, "
+        "outcome no_speech (0 = off)",
+    )
+    batch_max: int = Field(
+        _ASR.batch_max,
+        ge=1,
+        le=64,
+        description="utterances of several sessions transcribed in one Whisper call (1 = off)",
+    )
+    batch_wait_ms: int = Field(
+        _ASR.batch_wait_ms,
+        ge=0,
+        le=1000,
+        description="how long a free transcription slot waits for more utterances to batch",
     )
     encoder_window: str = Field(
         "auto",
@@ -280,6 +331,12 @@ class WorkerSettings(_Section):
         "0 = PyTorch's default. 1 keeps small CPUs free for the other stages and sessions",
     )
     use_text: bool = True
+    text_languages: tuple[str, ...] = Field(
+        ("en",),
+        description="languages whose transcripts the emotion model reads (its text encoder, "
+        "MiniLM, was trained on English); an utterance in another language is classified from "
+        "its audio alone, its transcript is still published",
+    )
     min_confidence: float | None = Field(
         None,
         ge=0.0,

@@ -77,6 +77,9 @@ class FusionWorker:
         self._memory_bytes = 2 * int(mem_dim or 0)
         if settings.min_confidence is not None and hasattr(self.model, "min_confidence"):
             self.model.min_confidence = settings.min_confidence  # below it: "uncertain"
+        self.text_languages = frozenset(settings.text_languages)
+        self.text_dropped: dict[str, int] = {}  # language -> utterances read without text
+        self.no_speech = 0  # utterances the streamer marked as noise
         self.context_errors = 0  # store reads that failed (classified without context)
         self.context_skipped = 0  # stored turns whose memory does not fit this model
 
@@ -129,6 +132,10 @@ class FusionWorker:
         out = []
         for i, u in enumerate(utts):
             text = u.text if self.settings.use_text and u.text.strip() else None
+            if text is not None and not self._reads_language(u):
+                text = None  # the text branch was not trained on this language
+            if u.no_speech:
+                text = None
             audio = u.audio_float32() if self.settings.use_audio and u.pcm.size else None
             frames = u.whisper_frames if audio is not None else None
             made_with = u.whisper_window or "full"
@@ -156,6 +163,23 @@ class FusionWorker:
             )
         return out
 
+    def _reads_language(self, u: Utterance) -> bool:
+        """Whether the emotion model may read this utterance's transcript (unknown language:
+        yes, as before languages were detected)."""
+        lang = u.language
+        if lang is None or lang in self.text_languages:
+            return True
+        if lang not in self.text_dropped:
+            log.warning(
+                "transcripts in %r (first: session %s) are classified from audio alone: the "
+                "emotion model reads text in %s only (worker.text_languages)",
+                lang,
+                u.session,
+                ", ".join(sorted(self.text_languages)) or "no language",
+            )
+        self.text_dropped[lang] = self.text_dropped.get(lang, 0) + 1
+        return False
+
     def classify_sync(
         self, utts: Sequence[Utterance], histories: Sequence[tuple[Any, ...]] | None = None
     ) -> list[EmotionEvent]:
@@ -167,6 +191,12 @@ class FusionWorker:
         now = time.time()
         events = []
         for u, p in zip(utts, preds, strict=True):
+            outcome = str(getattr(p, "outcome", "emotion") or "emotion")
+            label, memory = p.label, getattr(p, "memory", None)
+            if u.no_speech:  # noise (issue 18.4): no emotion claimed, nothing for the context
+                self.no_speech += 1
+                outcome = label = "no_speech"
+                memory = None
             stages = {k: v * 1000 for k, v in u.timings.items()}
             stages["fusion"] = fusion_s * 1000
             origin = u.origin_wall
@@ -178,7 +208,7 @@ class FusionWorker:
                     channel=u.channel,
                     start_s=u.start_s,
                     end_s=u.end_s,
-                    label=p.label,
+                    label=label,
                     confidence=float(p.confidence),
                     probabilities={k: float(v) for k, v in p.probabilities.items()},
                     modalities=tuple(p.modalities),
@@ -189,12 +219,12 @@ class FusionWorker:
                     language=u.language,
                     speaker_provisional=u.speaker_provisional,
                     context_turns=int(getattr(p, "context_turns", 0) or 0),
-                    outcome=str(getattr(p, "outcome", "emotion") or "emotion"),
+                    outcome=outcome,
                     top_label=str(getattr(p, "top_label", "") or p.label),
                     session_started_at=iso_time(origin),
                     started_at=iso_time(None if origin is None else origin + u.start_s),
                     ended_at=iso_time(None if origin is None else origin + u.end_s),
-                    memory=m.tobytes() if (m := getattr(p, "memory", None)) is not None else None,
+                    memory=memory.tobytes() if memory is not None else None,
                 )
             )
         self.batches += 1

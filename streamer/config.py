@@ -86,11 +86,19 @@ class TranscriberConfig:
     model: str = SHIPPED_MODEL
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     compute_type: str = "int8"
-    beam_size: int = 1
-    language: str | None = "en"
+    beam_size: int = 5  # while the ASR keeps up: one utterance at a time, none waiting
+    busy_beam_size: int = 1  # when utterances wait for the ASR or are batched (issue 16.4)
+    # None: detect each stream's language (streamer/language.py); a code: assume it, no detector
+    language: str | None = None
     cpu_threads: int = 1  # threads per transcription (0 = CTranslate2's default)
     workers: int = 2  # parallel transcriptions
     encoder_window: str = "10+8"  # model.audio.WhisperWindow spec: "full" or "MIN+MARGIN" s
+    lid_model: str = "base"  # multilingual Whisper that detects the language for tiny.en
+    lid_settle_s: float = 6.0  # a stream's speech measured before its language is settled
+    lid_recheck_s: float = 30.0  # then measured again after this much more of its speech
+    min_pitched_ratio: float = 0.1  # below: the segment is noise, not speech (speech_check.py)
+    batch_max: int = 8  # utterances per Whisper call across sessions (1 = no batching)
+    batch_wait_ms: int = 5  # how long a free slot waits for more utterances to batch
 
 
 @dataclass(frozen=True, slots=True)

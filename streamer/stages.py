@@ -45,6 +45,8 @@ class StreamStats:
     empty_transcripts: int = 0
     turn_questions: int = 0  # pauses the end-of-turn model was asked about
     early_closes: int = 0  # utterances it closed before the hang-over ran out
+    no_speech: int = 0  # segments marked as noise (no text, no emotion label)
+    foreign_language: int = 0  # speech in a language the ASR model does not write: no text
 
 
 @functools.cache
@@ -229,7 +231,8 @@ async def utterances(
                 if arrival_of is not None and (at := arrival_of(seg.channel, seg.end_s)):
                     seg = dataclasses.replace(seg, end_wall=at)
                 audio = seg.pcm.astype("float32") / 32768.0
-                asr = asyncio.ensure_future(transcriber.transcribe(audio))
+                # the stream whose language is tracked: one speaker of one session
+                asr = asyncio.ensure_future(transcriber.transcribe(audio, f"{session}/{who}"))
                 await ready.put((seg, who, provisional, spk_s, asr))
         finally:
             await ready.put(None)
@@ -244,6 +247,8 @@ async def utterances(
             asr_s = max(0.0, time.time() - seg.detected_wall - spk_s)  # incl. waiting for a slot
             if not tr.text:
                 stats.empty_transcripts += 1
+            stats.no_speech += tr.no_speech
+            stats.foreign_language += tr.text_dropped == "language"
             seq += 1
             stats.utterances += 1
             yield Utterance(
@@ -261,6 +266,7 @@ async def utterances(
                 speaker_provisional=provisional,
                 origin_wall=getattr(source, "origin_wall", None),
                 live=live,
+                no_speech=tr.no_speech,
                 # end of speech -> segment closed (VAD hang-over or turn-change detection, plus
                 # any time the audio waited in a backlog), then the stages that followed.
                 timings={
@@ -272,6 +278,14 @@ async def utterances(
                 whisper_window=tr.frames_window,
             )
         await task  # re-raises what ended the source (e.g. a decode error)
+        if stats.no_speech or stats.foreign_language:
+            log.info(
+                "after session %s: %d noise segments marked no_speech, %d utterances in a language "
+                "the ASR model does not write (no transcript)",
+                session,
+                stats.no_speech,
+                stats.foreign_language,
+            )
     finally:
         if not task.done():
             task.cancel()

@@ -55,6 +55,8 @@ class Utterance:
     speaker_provisional: bool = False
     origin_wall: float | None = None
     live: bool = True
+    # noise, not speech (streamer/speech_check.py): the worker gives it the no_speech outcome
+    no_speech: bool = False
     # Stage timings in seconds, filled as the utterance moves down the pipeline.
     timings: dict[str, float] = field(default_factory=dict)
     # Whisper-encoder frames (T, D) float32 from the ASR pass; in-process only, never on the wire.
@@ -82,6 +84,8 @@ class Utterance:
             for k, v in asdict_shallow(self).items()
             if k not in ("pcm", "whisper_frames", "whisper_window")
         }
+        if not self.no_speech:  # absent = False: workers of earlier builds read the entry too
+            del header["no_speech"]
         header["pcm_samples"] = int(self.pcm.shape[0])
         header["sample_rate_hz"] = SAMPLE_RATE_HZ
         hdr = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()

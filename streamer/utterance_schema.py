@@ -56,6 +56,7 @@ class UtteranceHeader(BaseModel):
     speaker_provisional: bool = False
     origin_wall: Seconds | None = None  # wall-clock time of session time 0 (issue #15)
     live: bool = True  # end_wall is an arrival time (False: a faster-than-real-time replay)
+    no_speech: bool = False
     timings: Annotated[dict[TimingKey, Seconds], Field(max_length=MAX_TIMINGS)] = Field(
         default_factory=dict
     )

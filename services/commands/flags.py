@@ -145,7 +145,12 @@ RTP = FlagGroup(
 STREAMER = FlagGroup(
     "streamer",
     (
-        Flag(("--asr-model",), "asr.model", "faster-whisper model", metavar="NAME_OR_PATH"),
+        Flag(
+            ("--asr-model",),
+            "asr.model",
+            "tiny.en (shipped, English), base (shipped, multilingual) or a CTranslate2 folder",
+            metavar="NAME_OR_PATH",
+        ),
         Flag(
             ("--speakers",),
             "speakers.mode",

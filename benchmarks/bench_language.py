@@ -1,0 +1,122 @@
+"""Language detection cost and accuracy (issue 15.5): Whisper base's language head on the
+10 s detection window (``streamer/language.py``), per utterance, and what the per-stream
+policy costs on a stream.
+
+Prints, per clip set: utterances, mean / p95 ms per detection call, the share whose top
+language is right, and the share an English-only pipeline would treat correctly (English
+kept, other languages dropped). Sets: the shipped call cut at its STM turns (English, 0.8-4.8 s),
+RAVDESS / TESS clips when given (English), and espeak-ng sentences in English, Spanish, German
+and French made on the spot (when espeak-ng is installed). Then one stream: the call's 13 turns
+as one speaker, through :class:`StreamLanguage`, counting the detector calls the policy makes.
+
+    .venv/bin/python benchmarks/bench_language.py [--ravdess DIR --tess DIR --n 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_asr_window import items  # noqa: E402
+
+SENTENCES = {
+    "en": ["Could you tell me when the next train to the city leaves?", "I am not sure."],
+    "es": ["¿Me puede decir cuándo sale el próximo tren a la ciudad?", "No estoy seguro."],
+    "de": ["Können Sie mir sagen, wann der nächste Zug in die Stadt fährt?", "Ich weiß nicht."],
+    "fr": ["Pouvez-vous me dire quand part le prochain train pour la ville?", "Je ne sais pas."],
+}
+
+
+def espeak_clips() -> list[tuple[str, np.ndarray]]:
+    from emomon.model.audio import decode_audio
+
+    if shutil.which("espeak-ng") is None:
+        print("espeak-ng not installed: no synthetic clips")
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for lang, texts in SENTENCES.items():
+            for i, text in enumerate(texts):
+                p = Path(tmp) / f"{lang}{i}.wav"
+                voice = "en-us" if lang == "en" else lang
+                subprocess.run(["espeak-ng", "-v", voice, "-w", str(p), text], check=True)
+                out.append((lang, decode_audio(p)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--ravdess", type=Path)
+    ap.add_argument("--tess", type=Path)
+    ap.add_argument("--n", type=int, default=40)
+    args = ap.parse_args()
+
+    from emomon.streamer.language import StreamLanguage
+    from emomon.streamer.transcriber import Transcriber, TranscriberConfig
+
+    tr = Transcriber(TranscriberConfig())  # loads base as the detector beside tiny.en
+    det = tr.detector
+    assert det is not None
+    sets: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for corpus, audio, _ in items(args.ravdess, args.tess, args.n):
+        sets.setdefault(corpus, []).append(("en", audio))
+    for lang, audio in espeak_clips():
+        sets.setdefault("espeak-" + lang, []).append((lang, audio))
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print("detector: Whisper base int8, 1 thread, window max(10 s, speech), first 8 s\n")
+    det.detect(sets["call"][0][1])  # warm-up
+    print(
+        f"{'set':<11} {'utts':>4} {'mean s':>6} {'ms mean':>7} {'ms p95':>6} {'top ok':>6} {'en-only ok':>10}"
+    )
+    for name, clips in sets.items():
+        ms, top_ok, keep_ok = [], 0, 0
+        for lang, audio in clips:
+            t0 = time.perf_counter()
+            probs = det.detect(audio)
+            ms.append((time.perf_counter() - t0) * 1000)
+            top = max(probs, key=probs.__getitem__)
+            top_ok += top == lang
+            st = StreamLanguage(tr.config.lid_settle_s, tr.config.lid_recheck_s)
+            guess = st.add(probs, audio.size / 16000)  # a stream's first utterance, prior included
+            keep_ok += (guess is not None and guess.language == "en") == (lang == "en")
+        dur = np.mean([a.size for _, a in clips]) / 16000
+        print(
+            f"{name:<11} {len(clips):4d} {dur:6.1f} {np.mean(ms):7.0f} {np.percentile(ms, 95):6.0f} "
+            f"{top_ok / len(clips):6.2f} {keep_ok / len(clips):10.2f}",
+            flush=True,
+        )
+    st = StreamLanguage(tr.config.lid_settle_s, tr.config.lid_recheck_s)
+    calls = 0
+    for _, audio in sets["call"]:
+        probs = None
+        if st.wants_measurement():
+            probs = det.detect(audio)
+            calls += 1
+        g = st.add(probs, audio.size / 16000)
+    total = sum(a.size for _, a in sets["call"]) / 16000
+    print(
+        f"\none stream, the call's {len(sets['call'])} turns ({total:.0f} s of speech): "
+        f"{calls} detector calls, settled on {g.language if g else None!r}"
+    )
+    tr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

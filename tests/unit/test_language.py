@@ -1,0 +1,56 @@
+"""Each stream's language (issue 15, item 5): evidence weighted by duration from an English
+prior, settled after enough speech, rechecked, and not flipped by one odd utterance."""
+
+from __future__ import annotations
+
+from emomon.streamer.language import StreamLanguage
+
+
+def probs(lang: str, p: float) -> dict[str, float]:
+    return {lang: p, "xx": 1.0 - p}
+
+
+def test_a_short_ambiguous_first_utterance_stays_english():
+    st = StreamLanguage(settle_s=6.0, recheck_s=30.0)
+    g = st.add({"ko": 0.48, "en": 0.45, "fr": 0.07}, 0.9)  # the call's first "Hello?"
+    assert g is not None and g.language == "en" and not g.settled
+
+
+def test_spanish_outweighs_the_prior_and_settles():
+    st = StreamLanguage(settle_s=6.0, recheck_s=30.0)
+    g = st.add(probs("es", 0.75), 1.4)
+    assert g is not None and g.language == "es" and not g.settled
+    assert st.wants_measurement()
+    g = st.add(probs("es", 0.9), 5.0)
+    assert g is not None and g.language == "es" and g.settled
+    assert not st.wants_measurement()  # settled: measured again after recheck_s of speech
+    for _ in range(6):
+        assert st.add(None, 5.0).language == "es"  # type: ignore[union-attr]
+    assert st.wants_measurement()
+
+
+def test_one_odd_utterance_does_not_flip_a_settled_stream_but_a_switch_does():
+    st = StreamLanguage(settle_s=6.0, recheck_s=30.0)
+    st.add(probs("es", 0.71), 6.2)
+    g = st.add(probs("th", 0.87), 2.6)
+    assert g is not None and g.language == "es"
+    for _ in range(6):  # the speaker really switches to English
+        g = st.add(probs("en", 0.95), 4.0)
+    assert g is not None and g.language == "en"
+
+
+def test_evidence_goes_in_in_the_order_spoken():
+    """Two utterances transcribed concurrently: the second's evidence waits for the first's
+    (else espeak-ng Spanish came out 'th' when its 2.6 s 'th 0.87' sentence finished first)."""
+    import threading
+
+    st = StreamLanguage(settle_s=6.0, recheck_s=30.0)
+    first, second = st.ticket(), st.ticket()
+    got = {}
+    t = threading.Thread(target=lambda: got.update(b=st.add(probs("th", 0.87), 2.6, second)))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive()  # waiting for the first utterance
+    got["a"] = st.add(probs("es", 0.71), 6.2, first)
+    t.join(2)
+    assert got["a"].language == "es" and got["b"].language == "es"
