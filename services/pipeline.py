@@ -18,6 +18,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -49,6 +50,27 @@ from emomon.streamer.transcriber import Transcriber, TranscriberError
 from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
 
 log = logging.getLogger(__name__)
+
+
+def warm_up_streamer(
+    transcriber: Transcriber, settings: Settings, cluster: bool
+) -> tuple[np.ndarray, Any]:
+    """Run the streamer's models once on a dummy input before audio flows.
+
+    First calls allocate and initialise (measured: the first event of a fresh `emomon run` took
+    2.3 s, the next ones 0.3-0.8 s); that cost belongs to start-up, not to the first utterance
+    (issue #15: warm up before the source binds). Returns the dummy audio and its Whisper frames
+    so that the embedded pipeline can warm the emotion model on them too.
+    """
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(SAMPLE_RATE_HZ) * 0.01).astype(np.float32)
+    tr = transcriber.transcribe_sync(noise)
+    if cluster:
+        set_torch_threads(settings.worker.torch_threads)
+        shared_embedder()  # loads CAM++ and warms it (SpeakerEmbedder.__init__)
+        if settings.speakers.segmentation:
+            shared_segmentation()  # likewise
+    return noise, tr.frames
 
 
 @dataclass
@@ -240,20 +262,11 @@ class Pipeline:
             self.stats.events_list.extend(events)
 
     def warm_up(self, cluster: bool) -> None:
-        """Run each model once on a dummy input before audio flows: first calls allocate and
-        initialise (measured: the first event of a fresh `emomon run` took 2.3 s, the next ones
-        0.3-0.8 s), and that cost belongs to start-up, not to the first utterance."""
+        """Warm the streamer's models (:func:`warm_up_streamer`) and the emotion model."""
         from emomon.model import EmotionInput
 
-        rng = np.random.default_rng(0)
-        noise = (rng.standard_normal(SAMPLE_RATE_HZ) * 0.01).astype(np.float32)
-        tr = self.transcriber.transcribe_sync(noise)
-        self.worker.model.predict([EmotionInput("hello", audio=noise, whisper_frames=tr.frames)])
-        if cluster:
-            set_torch_threads(self.settings.worker.torch_threads)
-            shared_embedder()  # loads CAM++ and warms it (SpeakerEmbedder.__init__)
-            if self.settings.speakers.segmentation:
-                shared_segmentation()  # likewise
+        noise, frames = warm_up_streamer(self.transcriber, self.settings, cluster)
+        self.worker.model.predict([EmotionInput("hello", audio=noise, whisper_frames=frames)])
 
     async def run(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,8 +109,14 @@ async def serve_stream(
         raise CliError(str(e)) from e
     producer = RedisProducer(client, settings.redis, metrics, with_frames=with_frames)
     probe = RedisProbe.for_url(settings.redis.url) if settings.metrics.port is not None else None
+    state = {"ready": False}
+
+    def loop_health() -> tuple[bool, dict[str, Any]]:
+        alive, detail = producer.health()
+        return alive, {**detail, "ready": state["ready"]}  # models warm, sources open
+
     health = Health(
-        producer.health,
+        loop_health,
         probe,
         redis_down_is_unhealthy=False,  # the buffer rides the outage out (RedisProducer.health)
         auth_error=lambda: producer.auth_error,
@@ -127,6 +134,32 @@ async def serve_stream(
     producer.start()
     if server is not None:
         await server.start()
+    # Issue #15: models warm before a network source binds, so that audio arriving is handled at
+    # once instead of queueing behind the warm-up; the ready line is the one to wait for.
+    if settings.warm_up:
+        cluster = any(
+            pipeline.clusters_speakers(settings.speakers.mode, src) for _, src in sessions
+        )
+        await asyncio.to_thread(pipeline.warm_up_streamer, transcriber, settings, cluster)
+    try:
+        for _, src in sessions:
+            start = getattr(src, "start", None)
+            if start is not None:
+                await start()
+    except BaseException:
+        for _, src in sessions:
+            await src.close()
+        await producer.close(0)
+        if server is not None:
+            await server.close()
+        await client.aclose()
+        transcriber.close()
+        raise
+    state["ready"] = True
+    names = ", ".join(f"{src.name} (session {sid})" for sid, src in sessions)
+    line = f"emomon: ready: {names} -> Redis stream {settings.redis.stream!r}"
+    log.info("%s", line)
+    print(line, file=sys.stderr, flush=True)
     pumps = [
         asyncio.create_task(pump(sid, src), name=f"source:{spec}")
         for spec, (sid, src) in zip(specs, sessions, strict=True)
