@@ -65,6 +65,10 @@ def warm_up_streamer(
     rng = np.random.default_rng(0)
     noise = (rng.standard_normal(SAMPLE_RATE_HZ) * 0.01).astype(np.float32)
     tr = transcriber.transcribe_sync(noise)
+    if settings.vad.end_of_turn_pause_ms > 0:  # a missing model is a start-up error, not a late one
+        from emomon.streamer.end_of_turn import shared_end_of_turn
+
+        shared_end_of_turn().complete_probability(noise)
     if cluster:
         set_torch_threads(settings.worker.torch_threads)
         shared_embedder()  # loads CAM++ and warms it (SpeakerEmbedder.__init__)
