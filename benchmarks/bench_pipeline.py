@@ -203,6 +203,33 @@ def quality(events: list) -> tuple[float, float]:  # type: ignore[type-arg]
     return float(np.mean(agree)), float(np.mean(errs))
 
 
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak RSS of the command's own process, in MiB.
+
+    Not ``getrusage(RUSAGE_CHILDREN)``: a child started with vfork/fork carries the parent's
+    high-water mark through ``exec`` into its ``ru_maxrss``, so after N parallel pipelines in
+    this process it reported this process's size (2.1 GB after N = 16), not emomon's. The
+    kernel's ``VmHWM`` of the child after ``exec`` is its own; it is polled until it exits.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    status = Path(f"/proc/{proc.pid}/status")
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"emomon run failed ({proc.returncode}): {err.decode()[-500:]}")
+    if peak_kb == 0:  # no /proc (not Linux): the kernel's figure for all children instead
+        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return peak_kb / 1024
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -311,22 +338,8 @@ def main() -> int:
 
     if not args.no_rss:
         t0 = time.time()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "emomon.services",
-                "run",
-                "--source",
-                f"file:{CALL}",
-                "--num-speakers",
-                "2",
-                "--no-console",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        cmd = [sys.executable, "-m", "emomon.services", "run", "--source", f"file:{CALL}"]
+        rss_mb = peak_rss_mb(cmd + ["--num-speakers", "2", "--no-console"])
         print(
             f"\npeak RSS of `emomon run` on the call (fast replay): {rss_mb:.0f} MiB ({time.time() - t0:.1f} s wall)"
         )
