@@ -136,16 +136,8 @@ class MqttFeed:
         retry = RetryPolicy(log, self.reconnect, recovery_message=None)
         client_id = f"{self.settings.client_id}-dashboard" if self.settings.client_id else None
         while True:
-            client = SinkClient(
-                self.address.host,
-                self.address.port,
-                username=self.address.username,
-                password=self.address.password,
-                identifier=client_id,
-                clean_session=True,
-                tls_context=self._tls,
-                timeout=10.0,
-                keepalive=10,
+            client = SinkClient.fresh(
+                self.address, client_id=client_id, tls=self._tls, keepalive=10
             )
             connected = False
             try:

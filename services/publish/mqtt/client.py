@@ -141,11 +141,13 @@ class SinkClient(aiomqtt.Client):
         address: BrokerAddress,
         *,
         client_id: str | None,
-        will: aiomqtt.Will,
         tls: ssl.SSLContext | None,
-        window: int,
+        will: aiomqtt.Will | None = None,
+        window: int | None = None,
+        keepalive: int = 30,
     ) -> SinkClient:
-        """A client for one connection, with ``window`` messages allowed in flight at once."""
+        """A client for one connection, with ``window`` messages allowed in flight at once
+        (None: paho's default)."""
         # A fresh client per connection: clean session, so nothing survives in paho's own queue;
         # the sink's outbox is the single place that remembers what still has to go out.
         return cls(
@@ -158,7 +160,7 @@ class SinkClient(aiomqtt.Client):
             clean_session=True,
             tls_context=tls,
             timeout=10.0,
-            keepalive=30,
+            keepalive=keepalive,
             max_inflight_messages=window,
         )
 

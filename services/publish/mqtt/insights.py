@@ -154,16 +154,8 @@ class MqttInsightPublisher:
         retry = RetryPolicy(log, self.reconnect, recovery_message=None)
         client_id = f"{self.settings.client_id}-insights" if self.settings.client_id else None
         while not self._stop.is_set():
-            client = SinkClient(
-                self.address.host,
-                self.address.port,
-                username=self.address.username,
-                password=self.address.password,
-                identifier=client_id,
-                clean_session=True,
-                tls_context=self._tls,
-                timeout=10.0,
-                keepalive=30,
+            client = SinkClient.fresh(
+                self.address, client_id=client_id, tls=self._tls, keepalive=30
             )
             connected = False
             try:
