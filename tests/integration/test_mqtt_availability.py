@@ -164,7 +164,13 @@ def test_a_crash_of_the_connection_task_restarts_it_and_health_says_so(
             await sink.publish(make_event("call-1", "bob", 1))  # accepted while restarting
             await sub.wait_for(lambda: len(sub.messages) == 1, timeout_s=10)
         assert json.loads(sub.messages[0][1])["speaker"] == "bob"
-        c = sink.counters
+        # The subscriber can see the message before the sink has had the broker's PUBACK
+        # (QoS 1), which is when it counts the event as sent: wait for that, not a fixed time.
+        for _ in range(100):
+            c = sink.counters
+            if c["sent"] == 1 and c["pending"] == 0:
+                break
+            await asyncio.sleep(0.05)
         assert (c["crashes"], c["poisoned"], c["sent"], c["pending"]) == (2, 1, 1, 0)
         assert sink.health()[0]
         await sink.close()
