@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,8 @@ DETECT_MAX_S = 8.0
 SAMPLE_RATE_HZ = 16_000
 #: evidence fades with this time constant (seconds of measured speech)
 MEMORY_S = 60.0
+#: measured speech after which a busy detector may skip a stream's utterance (``may_skip``)
+SKIP_AFTER_S = 2.0
 #: how long an utterance waits for the evidence of the stream's earlier ones
 ORDER_WAIT_S = 5.0
 
@@ -87,6 +91,14 @@ class StreamLanguage:
     def wants_measurement(self) -> bool:
         with self._cond:
             return self.settled is None or self.since_check_s >= self.recheck_s
+
+    def may_skip(self) -> bool:
+        """Whether this stream's next measurement may be skipped when the detector is busy: only
+        once ``SKIP_AFTER_S`` of its speech was measured, enough for a clearly foreign stream
+        to outweigh the English prior (a stream the detector has hardly heard waits for it, so
+        its first words are not written in the wrong language)."""
+        with self._cond:
+            return self.measured_s >= SKIP_AFTER_S
 
     def current(self) -> LanguageGuess | None:
         """The stream's guess now, adding nothing."""
@@ -156,7 +168,48 @@ class LanguageDetector:
         return probs
 
 
+class DetectorQueue:
+    """The language detector's own thread, and the rule for when an utterance waits for it.
+
+    The detector (a Whisper base encoder pass) costs more than tiny.en's transcription of the
+    same utterance, and a transcription waits for its answer. Under load a queue of detector
+    calls would delay every utterance behind it: with 8 calls replayed at once the ASR stage's
+    p95 was 6.7 s with every unsettled stream measured and 1.9 s with the language given
+    (``benchmarks/bench_pipeline.py --parallel 8``, 2026-12-07). So a stream that the detector
+    has heard enough of (:meth:`StreamLanguage.may_skip`) is measured only when the detector is
+    free; otherwise it keeps its current guess for this utterance (counted in ``skipped``) and
+    is measured on a later one that finds the detector idle."""
+
+    def __init__(self, detect: Callable[[np.ndarray], dict[str, float]]):
+        self._detect = detect
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lid")
+        self._lock = threading.Lock()
+        self.busy = 0  # calls running or queued
+        self.skipped = 0  # utterances not measured because the detector was busy
+
+    def submit(self, audio: np.ndarray, may_skip: bool) -> Future[dict[str, float]] | None:
+        """Start measuring ``audio``; None (not measured) when busy and ``may_skip``."""
+        with self._lock:
+            if self.busy and may_skip:
+                self.skipped += 1
+                return None
+            self.busy += 1
+
+        def run() -> dict[str, float]:
+            try:
+                return self._detect(audio)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+
+        return self._pool.submit(run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 __all__ = [
+    "DetectorQueue",
     "DETECT_WINDOW",
     "LanguageDetector",
     "LanguageGuess",

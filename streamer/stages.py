@@ -65,6 +65,31 @@ def shared_segmentation() -> SpeakerSegmentation:
     return SpeakerSegmentation()
 
 
+class LoadSignal:
+    """Whether turn detection keeps up with the audio, judged for the whole process.
+
+    Sessions share the CPU, so one session that falls behind means all of them are about to:
+    once any session's turn detection lags the audio by more than ``change_max_lag_ms``,
+    every session uses its cheaper resolution (``turns_from``; no short windows) for at least
+    ``HOLD_S`` after the last such lag. Per session and without the hold, sessions flipped
+    back to the costly windows as soon as they had caught up, and fell behind again."""
+
+    HOLD_S = 2.0
+
+    def __init__(self) -> None:
+        self.lagged_at = float("-inf")  # wall time at which some session last lagged
+
+    def fine(self, lag_ms: float, max_lag_ms: float, now: float) -> bool:
+        if lag_ms > max_lag_ms:
+            self.lagged_at = now
+            return False
+        return now - self.lagged_at > self.HOLD_S
+
+
+#: shared by every session of the process (they share its CPU)
+LOAD = LoadSignal()
+
+
 def clusters_speakers(mode: str, source: AudioSource) -> bool:
     """Whether ``source``'s channels get speaker clustering (else a channel is one speaker)."""
     return mode == "cluster" or (mode == "auto" and source.multi_speaker_channels)
@@ -84,6 +109,8 @@ class SpeakerStage:
             hops += [config.change_hop_s] if config.change_window_s else []
             hops += [config.turn_hop_s] if config.segmentation else []
         self.hop_s = min(hops)
+        # Only a real-time source can fall behind; a file read as fast as possible cannot.
+        self.realtime = bool(getattr(source, "realtime", True))
         self._detectors: dict[str, TurnDetector] = {}
         self._checked: dict[str, tuple[float, int]] = {}
         self.errors = 0
@@ -127,7 +154,12 @@ class SpeakerStage:
         self._checked[channel] = (start_s, pcm.shape[0])
         max_lag_ms = self.config.change_max_lag_ms
         try:
-            fine = wall_end is None or (time.time() - wall_end) * 1000 <= max_lag_ms
+            now = time.time()
+            fine = (
+                wall_end is None
+                or not self.realtime
+                or LOAD.fine((now - wall_end) * 1000, max_lag_ms, now)
+            )
             cut_at = await asyncio.to_thread(self._detector(channel).update, start_s, pcm, fine)
         except Exception as e:  # noqa: BLE001 - attribution trouble must not end the session
             self.errors += 1

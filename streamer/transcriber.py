@@ -20,7 +20,9 @@ Around the decode (issues 15.5, 18.4, 16.2):
   English-only model, non-English speech gets no text (no English nonsense), its utterance
   carries the detected language, and one WARNING per stream says so. While a stream is being
   measured the detector runs in its own thread beside the decode (which is then kept or
-  dropped); once its language is settled, non-English utterances are not decoded at all;
+  dropped; once 2 s of a stream were measured, an utterance that finds the detector busy is
+  not measured: :class:`~emomon.streamer.language.DetectorQueue`); once its language is
+  settled, non-English utterances are not decoded at all;
 * **noise** — a segment with hardly any pitched frames (:mod:`emomon.streamer.speech_check`)
   is marked ``no_speech`` and loses any text Whisper wrote on it;
 * **batching** — utterances of several sessions that wait together share one encoder and one
@@ -53,6 +55,7 @@ from emomon.streamer.asr_decode import (
 from emomon.streamer.asr_models import SHIPPED_MODEL, AsrModelError, model_folder
 from emomon.streamer.config import TranscriberConfig
 from emomon.streamer.language import (
+    DetectorQueue,
     LanguageDetector,
     LanguageGuess,
     StreamLanguage,
@@ -131,7 +134,7 @@ class Transcriber:
         self._pending = 0  # transcribe() calls not finished yet (the load, for the beam)
         self.beams: dict[int, int] = {}  # beam width -> utterances decoded with it
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
-        self._lid_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lid")
+        self._lid = DetectorQueue(self.detector.detect) if self.detector is not None else None
         self._batcher: AsrBatcher | None = None
         self.model_id = f"whisper:{cfg.model}"
 
@@ -237,11 +240,12 @@ class Transcriber:
         noise = {i: pitched_ratio(audios[i]) < cfg.min_pitched_ratio for i in ok}
         # English-only model: the detector runs beside the encoder and decoder (its own thread),
         # so it adds no latency on a free core; what it finds is applied after the decode
-        lid = {
-            i: self._lid_pool.submit(self.detector.detect, audios[i])
-            for i in ok
-            if self.detector is not None and not noise[i] and sts[i].wants_measurement()  # type: ignore[union-attr]
-        }
+        lid: dict[int, Any] = {}
+        for i in ok:
+            if self.detector is None or noise[i] or not sts[i].wants_measurement():  # type: ignore[union-attr]
+                continue
+            if (job := self._lid.submit(audios[i], sts[i].may_skip())) is not None:  # type: ignore[union-attr]
+                lid[i] = job
         encoded: dict[int, Any] = {}
         groups: list[Any] = []
         if ok:
@@ -413,4 +417,5 @@ class Transcriber:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._lid_pool.shutdown(wait=True, cancel_futures=True)
+        if self._lid is not None:
+            self._lid.close()

@@ -159,6 +159,8 @@ def test_sigterm_drains_and_exits_zero(tmp_path):
             "2",
             "--jsonl",
             str(jsonl),
+            "--set",
+            "drain_timeout_s=60",  # a loaded CI machine may need more than the default 10 s
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

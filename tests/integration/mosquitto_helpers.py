@@ -306,7 +306,7 @@ class Collector:
     def on(self, suffix: str) -> list[bytes]:
         return [p for t, p, _ in self.messages if t.endswith(suffix)]
 
-    async def wait_for(self, predicate: object, timeout_s: float = 5.0) -> None:
+    async def wait_for(self, predicate: object, timeout_s: float = 15.0) -> None:
         assert callable(predicate)
         deadline = time.monotonic() + timeout_s
         while not predicate():

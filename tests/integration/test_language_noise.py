@@ -153,7 +153,9 @@ def test_multilingual_base_keeps_the_language_and_text_only_for_english(tmp_path
     # utterances are transcribed concurrently, so the stream's evidence may arrive in any order
     langs = [e.language for e in ev["es"]]
     assert "en" not in langs and langs.count("es") > len(langs) / 2, langs
-    assert "factura" in spanish and "semana" in spanish and "gracias" in spanish, spanish
+    # "gracias" or "gracia": which one depends on the beam, and the beam on the load (wide
+    # while the ASR keeps up, greedy when the two sessions' utterances wait together)
+    assert "factura" in spanish and "semana" in spanish and "graci" in spanish, spanish
     assert all(e.modalities == ("audio",) for e in ev["es"])
     english = " ".join(e.text or "" for e in ev["en"]).lower()
     assert all(e.language == "en" for e in ev["en"]) and "order" in english, english

@@ -56,6 +56,8 @@ def test_replay_phone_call_publishes_per_speaker_events(mosquitto: Mosquitto) ->
             async with Collector(mosquitto.port, "emomon/#") as sub:
                 stats = await pipeline.run([(session, build_source(str(WAV), settings))])
                 await sub.wait_for(lambda: len(sub.on("/events")) >= stats.events)
+                # "offline" is the sink's last message: the states before it have arrived too
+                await sub.wait_for(lambda: sub.on("emomon/status")[-1:] == [b"offline"])
         finally:
             pipeline.close()
         assert sink.counters["sent"] == stats.events and sink.counters["dropped"] == 0

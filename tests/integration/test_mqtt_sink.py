@@ -74,7 +74,8 @@ def test_topics_payloads_and_retained_state(mosquitto: Mosquitto) -> None:
             await sink.start()
             for ev in events:
                 await sink.publish(ev)
-            await sub.wait_for(lambda: len(sub.on("/events")) == 4)
+            # each event's retained /state goes out after its /events message
+            await sub.wait_for(lambda: len(sub.on("/events")) == 4 and len(sub.on("/state")) == 4)
             late = await retained(mosquitto.port, "emomon/#")
             await sink.close()
             await sub.wait_for(lambda: sub.on("emomon/status")[-1:] == [b"offline"])

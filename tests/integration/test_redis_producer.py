@@ -59,7 +59,9 @@ def test_producer_reconnects_and_loses_nothing_that_fit_in_its_buffer(tmp_path: 
         server.stop()
     assert stored == sent  # every utterance, once, in order
     assert producer.dropped == 0 and producer.buffered == 0
-    assert worst_offer < 0.01
+    # offer() never waits on Redis (a wait would last the 2 s outage); the bound leaves room for
+    # a garbage-collection pass or a preemption on a loaded 2-core machine
+    assert worst_offer < 0.25
     assert producer.metrics.redis_errors.labels(op="xadd")._value.get() >= 1
 
 

@@ -54,3 +54,39 @@ def test_evidence_goes_in_in_the_order_spoken():
     got["a"] = st.add(probs("es", 0.71), 6.2, first)
     t.join(2)
     assert got["a"].language == "es" and got["b"].language == "es"
+
+
+def test_a_busy_detector_skips_only_streams_it_has_heard_enough_of():
+    """Under load the detector is not queued for streams measured for 2 s already; a new
+    stream always waits for it (its first words must not be written in the wrong language)."""
+    import threading
+
+    import numpy as np
+
+    from emomon.streamer.language import SKIP_AFTER_S, DetectorQueue
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def detect(audio: np.ndarray) -> dict[str, float]:
+        release.wait(5)
+        calls.append(audio.size)
+        return {"en": 1.0}
+
+    q = DetectorQueue(detect)
+    try:
+        new, heard = StreamLanguage(6.0, 30.0), StreamLanguage(6.0, 30.0)
+        heard.add(probs("en", 0.9), SKIP_AFTER_S)
+        assert not new.may_skip() and heard.may_skip()
+        first = q.submit(np.zeros(1), heard.may_skip())  # a free detector measures anyone
+        assert first is not None
+        assert q.submit(np.zeros(2), heard.may_skip()) is None  # busy: skipped, counted
+        queued = q.submit(np.zeros(3), new.may_skip())  # busy, but a new stream waits
+        assert queued is not None and q.skipped == 1
+        release.set()
+        assert first.result(5) == {"en": 1.0} and queued.result(5) == {"en": 1.0}
+        assert calls == [1, 3] and q.busy == 0
+        assert q.submit(np.zeros(4), heard.may_skip()) is not None  # free again: measured
+    finally:
+        release.set()
+        q.close()

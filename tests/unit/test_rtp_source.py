@@ -366,7 +366,8 @@ def test_a_stalled_event_loop_does_not_split_streams() -> None:
 
     stats, pcm = run(main)
     assert stats["streams_started"] == 1 and stats["packets"] == 40
-    assert_audio_then_silence(pcm, 40 * 320, 0.3 + 0.1)
+    # the silence released after the stall: at most the stall itself (plus scheduling)
+    assert_audio_then_silence(pcm, 40 * 320, 0.6 + 0.1)
 
 
 def _has_ipv6() -> bool:

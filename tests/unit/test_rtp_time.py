@@ -48,8 +48,8 @@ def test_silence_is_released_when_due_without_any_packet() -> None:
         got: list[tuple[float, AudioChunk]] = []
         task = asyncio.create_task(consume(src, got))
         t0 = time.monotonic()
-        for i in range(10):  # 200 ms of speech, paced
-            src.feed_datagram(rtp(i, i * 160, 7), ADDR)
+        for i in range(10):  # 200 ms of speech, paced (arrival times exact: sleeps overshoot)
+            src.feed_datagram(rtp(i, i * 160, 7), ADDR, arrival_s=t0 + i * 0.02)
             await asyncio.sleep(0.02)
         await asyncio.sleep(1.0)
         await src.close()
@@ -89,11 +89,12 @@ def test_streams_share_one_session_clock() -> None:
     async def main() -> dict[str, float]:
         src = RtpSource("127.0.0.1", 0, jitter_ms=0)
         await src.start()
+        t = time.monotonic()  # arrival times given: an oversleep must not move the clock
         for i in range(3):
-            src.feed_datagram(rtp(i, 5000 + i * 160, 1), ADDR)
+            src.feed_datagram(rtp(i, 5000 + i * 160, 1), ADDR, arrival_s=t)
         await asyncio.sleep(0.3)
         for i in range(3):
-            src.feed_datagram(rtp(i, 777 + i * 160, 2), ("127.0.0.1", 40002))
+            src.feed_datagram(rtp(i, 777 + i * 160, 2), ("127.0.0.1", 40002), arrival_s=t + 0.3)
         await src.close()
         first: dict[str, float] = {}
         async for c in src.chunks():

@@ -183,3 +183,16 @@ def test_auto_names_only_under_load(embedder, segmentation, turns):
     before = embedder.windows
     _run(keeping_up, pcm)
     assert embedder.windows - before > pcm.shape[0] / SR * 3  # long and short windows
+
+
+def test_one_lagging_session_sheds_speaker_work_for_all_and_the_hold_expires():
+    """The sessions of a process share its CPU: once any of them lags the audio, every session
+    uses the cheaper resolution until LoadSignal.HOLD_S after the last lag."""
+    from emomon.streamer.stages import LoadSignal
+
+    load = LoadSignal()
+    assert load.fine(10, 300, now=100.0)  # nobody lagged yet
+    assert not load.fine(450, 300, now=100.0)  # session A lags
+    assert not load.fine(5, 300, now=100.5)  # session B keeps up, but sheds with A
+    assert not load.fine(5, 300, now=100.0 + LoadSignal.HOLD_S)
+    assert load.fine(5, 300, now=100.1 + LoadSignal.HOLD_S)  # the hold ran out
