@@ -52,8 +52,8 @@ class TurnDetector:
     With ``turns_from = "frames"`` (and the segmentation network on) the frames alone find turns:
     the long windows, embedded only every ``name_hop_s``, name who speaks and propose no cut,
     and there are no short windows, so CAM++ runs a few times per segment instead of a dozen
-    times a second. ``"auto"`` does that only under load (``fine=False``) and uses every
-    resolution while the detector keeps up.
+    times a second. ``"auto"`` does that only far behind real time (``far_behind``; by
+    default whenever not ``fine``) and otherwise works as ``"all"``.
     """
 
     def __init__(
@@ -128,10 +128,13 @@ class TurnDetector:
         self.cuts[kind] += 1
         return self._seg_start
 
-    def update(self, start_s: float, pcm: np.ndarray, fine: bool = True) -> float | None:
+    def update(
+        self, start_s: float, pcm: np.ndarray, fine: bool = True, far_behind: bool | None = None
+    ) -> float | None:
         if not self._same_segment(start_s):
             self._reset(start_s)
-        naming = self.auto and not fine  # under load: the windows only name who speaks
+        # far behind (by default: whenever not fine): with "auto" the windows only name who speaks
+        naming = self.auto and (not fine if far_behind is None else far_behind)
         self.long.embed_new(pcm, self.name_gap if naming else 0)
         current = self._who()
         if self.frames is not None:

@@ -185,14 +185,16 @@ def test_auto_names_only_under_load(embedder, segmentation, turns):
     assert embedder.windows - before > pcm.shape[0] / SR * 3  # long and short windows
 
 
-def test_one_lagging_session_sheds_speaker_work_for_all_and_the_hold_expires():
-    """The sessions of a process share its CPU: once any of them lags the audio, every session
-    uses the cheaper resolution until LoadSignal.HOLD_S after the last lag."""
+def test_one_session_far_behind_makes_all_only_name_speakers_until_the_hold_expires():
+    """Behind (lag > change_max_lag_ms) is per session and per update; far behind (> 4x) holds
+    for every session of the process (they share its CPU) until LoadSignal.HOLD_S after."""
     from emomon.streamer.stages import LoadSignal
 
-    load = LoadSignal()
-    assert load.fine(10, 300, now=100.0)  # nobody lagged yet
-    assert not load.fine(450, 300, now=100.0)  # session A lags
-    assert not load.fine(5, 300, now=100.5)  # session B keeps up, but sheds with A
-    assert not load.fine(5, 300, now=100.0 + LoadSignal.HOLD_S)
-    assert load.fine(5, 300, now=100.1 + LoadSignal.HOLD_S)  # the hold ran out
+    load, hold = LoadSignal(), LoadSignal.HOLD_S
+    assert load.level(10, 300, now=100.0) == (True, False)  # nobody lagged yet
+    assert load.level(450, 300, now=100.0) == (False, False)  # session A lags a little
+    assert load.level(5, 300, now=100.5) == (True, False)  # B keeps up: its own business
+    assert load.level(1500, 300, now=200.0) == (False, True)  # A far behind: names only
+    assert load.level(5, 300, now=201.0) == (True, True)  # ... B too, for the hold
+    assert load.level(5, 300, now=200.0 + hold) == (True, True)
+    assert load.level(5, 300, now=200.1 + hold) == (True, False)  # the hold ran out
