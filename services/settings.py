@@ -193,8 +193,9 @@ class SpeakerSettings(_Section):
         _SPK.turns_from,
         description="frames: with segmentation on, only the frames find turns and the speaker "
         "embeddings (CAM++) only name who speaks, every name_hop_s (less CPU per session); all: "
-        "the embedding windows also look for turns (benchmarks/bench_turns.py); auto: all while "
-        "turn detection keeps up, frames while it lags by more than change_max_lag_ms",
+        "the embedding windows also look for turns (benchmarks/bench_turns.py); auto (default): "
+        "all, except frames for every session of the process while any of them lags the audio by "
+        "more than 4 x change_max_lag_ms (and 2 s after)",
     )
     name_hop_s: float = Field(
         _SPK.name_hop_s,

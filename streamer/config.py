@@ -73,10 +73,10 @@ class SpeakerConfig:
     # "frames": with the segmentation network on, only its frames find turns and CAM++ only
     # names who speaks (a window at window_s into each segment, then every name_hop_s);
     # "all": the CAM++ windows also look for turns (long every hop_s, short every change_hop_s);
-    # "auto": "all" while turn detection keeps up with the audio, "frames" while it lags by
-    # more than change_max_lag_ms (the default since 2026-12-07: at 8 parallel calls it cut the
-    # p95 of end of speech -> segment closed from 7.1-7.3 s to 1.9-2.1 s; one call that keeps
-    # up is unchanged)
+    # "auto": "all", but "frames" for every session while any session of the process lags the
+    # audio by more than 4 x change_max_lag_ms and 2 s after (streamer/stages.py: LoadSignal;
+    # the default since 2026-12-07: at 8 parallel calls it halved the p95 of end of speech ->
+    # event; one call that keeps up is unchanged)
     turns_from: Literal["auto", "frames", "all"] = "auto"
     name_hop_s: float = 1.0
 

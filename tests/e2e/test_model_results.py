@@ -70,6 +70,15 @@ def _number(cell: str) -> float:
     return float(re.sub(r"\*", "", cell))
 
 
+# Dynamic int8 quantisation runs other kernels on other CPUs (AVX-512 VNNI or AVX2 in fbgemm),
+# so a handful of answers differ between machines: RESULTS.md was measured on an AVX-512 machine;
+# on the AVX2-only build machine of 2026-12-07 (round 9) MELD test came out 2 utterances (0.08
+# points) and one RAVDESS row 3 clips (0.83 points) away. A broken cache, checkpoint or input
+# path moves these figures by many points.
+MELD_TOLERANCE = 0.3  # points: ~8 of 2,610 utterances
+RAVDESS_TOLERANCE = 1.2  # points: ~4 of 360 clips
+
+
 @pytest.mark.parametrize(
     ("context", "row_start", "bold"),
     [
@@ -99,8 +108,9 @@ def test_meld_test_text_only_reproduces_results_md(
     if context == "on":  # every utterance but each dialogue's first has earlier turns
         assert rep["context"]["utterances_with_history"] == 2610 - 280
         assert rep["ece_15"] <= 5.0  # calibrated (issue #14)
-    assert rep["accuracy"] == pytest.approx(_number(cells[0]), abs=0.05)
-    assert rep["weighted_f1"] == pytest.approx(_number(cells[1]), abs=0.05)
+    print(context, rep["accuracy"], rep["weighted_f1"], rep.get("ece_15"))
+    assert rep["accuracy"] == pytest.approx(_number(cells[0]), abs=MELD_TOLERANCE)
+    assert rep["weighted_f1"] == pytest.approx(_number(cells[1]), abs=MELD_TOLERANCE)
 
 
 RAVDESS = MELD.parent / "ravdess"
@@ -129,8 +139,9 @@ def test_ravdess_rows_and_level_invariance_reproduce_results_md(tmp_path: Path) 
         )
         assert rep["n"] == 360 and rep["fusion"] == "gated"
         acc, wf1 = (_number(c) for c in _results_cells(row_start))
-        assert rep["accuracy"] == pytest.approx(acc, abs=0.05), level
-        assert rep["weighted_f1"] == pytest.approx(wf1, abs=0.05), level
+        assert rep["accuracy"] == pytest.approx(acc, abs=RAVDESS_TOLERANCE), (level, rep)
+        assert rep["weighted_f1"] == pytest.approx(wf1, abs=RAVDESS_TOLERANCE), (level, rep)
+        print(level, rep["accuracy"], rep["weighted_f1"])
         got[level] = rep["accuracy"]
     assert abs(got["peak"] - got["as-recorded"]) <= 1.5
     assert abs(got["peak-20"] - got["as-recorded"]) <= 1.5
