@@ -32,13 +32,21 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="calls to run")
     ap.add_argument("--hangover-ms", type=int, default=300)
     ap.add_argument("--jitter-ms", type=int, default=60)
+    ap.add_argument(
+        "--early-asr-ms",
+        type=int,
+        default=None,
+        help="vad.early_asr_ms (default: the settings' default; 0 = off)",
+    )
+    ap.add_argument("--language", default=None, help="asr.language (default: detected per stream)")
     args = ap.parse_args()
     from dtx_call import run_dtx_call
 
     target_ms = args.hangover_ms + args.jitter_ms + 600
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-        f"hangover {args.hangover_ms} ms, jitter window {args.jitter_ms} ms, "
+        f"hangover {args.hangover_ms} ms, jitter window {args.jitter_ms} ms, early ASR "
+        f"{'default' if args.early_asr_ms is None else args.early_asr_ms} ms, "
         f"target {target_ms} ms"
     )
     delays, errors, last = [], [], []
@@ -46,7 +54,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             call = run_dtx_call(
                 Path(tmp),
-                settings={"vad": {"hangover_ms": args.hangover_ms}},
+                settings={
+                    "vad": {
+                        "hangover_ms": args.hangover_ms,
+                        **(
+                            {} if args.early_asr_ms is None else {"early_asr_ms": args.early_asr_ms}
+                        ),
+                    },
+                    **({"asr": {"language": args.language}} if args.language else {}),
+                },
                 jitter_ms=args.jitter_ms,
                 reference=False,
             )

@@ -87,6 +87,15 @@ class VadSettings(_Section):
         "instead of after hangover_ms",
     )
 
+    early_asr_ms: int = Field(
+        _VAD.early_asr_ms,
+        ge=0,
+        le=5000,
+        description="pause after which an idle ASR starts transcribing the speech so far while "
+        "the hang-over runs (kept if nothing more is said; channels with one speaker only); "
+        "0 = off, else at least 150 and less than hangover_ms",
+    )
+
     @model_validator(mode="after")
     def _hangover_multiple(self) -> VadSettings:
         if self.hangover_ms < self.frame_ms:
@@ -97,6 +106,11 @@ class VadSettings(_Section):
             raise ValueError(
                 f"end_of_turn_pause_ms ({self.end_of_turn_pause_ms}) must be 0 (off) or less "
                 f"than hangover_ms ({self.hangover_ms})"
+            )
+        if self.early_asr_ms and not 150 <= self.early_asr_ms < self.hangover_ms:
+            raise ValueError(
+                f"early_asr_ms ({self.early_asr_ms}) must be 0 (off), or at least 150 (the tail a "
+                f"segment keeps) and less than hangover_ms ({self.hangover_ms})"
             )
         return self
 

@@ -36,6 +36,11 @@ class SegmenterConfig:
     # pause than it saved time at turn ends; 150 / 0.5 is the best trade-off measured there.
     end_of_turn_pause_ms: int = 0
     end_of_turn_threshold: float = 0.5
+    # Early transcription: at this much pause (>= the 150 ms tail a segment keeps after its
+    # last voiced frame, so the audio is already what the segment will hold) the speech so far
+    # is handed to an idle ASR while the hang-over runs; used if the segment then closes with
+    # nothing more said (:mod:`emomon.streamer.stages`). 0 = off.
+    early_asr_ms: int = 150
 
     def __post_init__(self) -> None:
         if self.frame_ms not in (10, 20, 30):

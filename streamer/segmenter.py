@@ -49,6 +49,18 @@ class SpeechSegment:
 
 
 @dataclass(frozen=True, slots=True)
+class Draft:
+    """The open segment of ``channel`` as it will close if nothing more is said: left at the
+    first ``early_asr_ms`` of a pause, so the ASR can start while the hang-over runs."""
+
+    channel: str
+    start_s: float
+    end_s: float  # end of the last voiced frame
+    pcm: np.ndarray = field(repr=False)  # exactly what the closed segment will hold
+    speaker: str | None = None  # the channel's speaker, when the source names it
+
+
+@dataclass(frozen=True, slots=True)
 class TurnQuestion:
     """Is the open segment of ``channel`` a finished turn? Asked once per pause."""
 
@@ -79,6 +91,7 @@ class _ChannelState:
         self.silent_run = 0
         self.pauses = 0  # pauses begun in this channel (identifies the current one)
         self.question: TurnQuestion | None = None
+        self.draft: Draft | None = None
         self.speaker: str | None = None
         self.clock: tuple[float, float] | None = (
             None  # (stream time, wall time) of the last chunk end
@@ -157,6 +170,17 @@ class _ChannelState:
                 self.question = TurnQuestion(
                     self.channel, np.concatenate(self.frames), (self.seg_start_s, self.pauses)
                 )
+            early = cfg.early_asr_ms
+            if (
+                early > 0
+                and self.silent_run * cfg.frame_ms >= early
+                and (self.silent_run - 1) * cfg.frame_ms < early
+                and self.voiced_s * 1000 >= cfg.min_speech_ms
+            ):
+                pcm = self._pcm_until(t + dur)
+                self.draft = Draft(
+                    self.channel, self.seg_start_s, self.last_voiced_end_s, pcm, self.speaker
+                )
         if self.silent_run * cfg.frame_ms >= cfg.hangover_ms:
             return self._close(t + dur, forced=False)
         if (
@@ -173,14 +197,21 @@ class _ChannelState:
             return seg
         return None
 
+    def _pcm_until(self, now_s: float, end_s: float | None = None) -> np.ndarray:
+        """The open segment's audio as a segment closed at ``now_s`` holds it: up to the end of
+        speech (default: the last voiced frame) plus the tail, at most up to ``now_s``."""
+        end_s = self.last_voiced_end_s if end_s is None else end_s
+        keep_until = min(now_s, end_s + TAIL_MS / 1000)
+        pcm = np.concatenate(self.frames) if self.frames else np.zeros(0, dtype=np.int16)
+        return pcm[: int(round((keep_until - self.seg_start_s) * SAMPLE_RATE_HZ))]
+
     def _close(self, now_s: float, forced: bool) -> SpeechSegment | None:
         cfg = self.cfg
         self.active = False
         self.question = None
+        self.draft = None
         end_s = now_s if forced else self.last_voiced_end_s
-        keep_until = min(now_s, end_s + TAIL_MS / 1000)
-        pcm = np.concatenate(self.frames) if self.frames else np.zeros(0, dtype=np.int16)
-        pcm = pcm[: int(round((keep_until - self.seg_start_s) * SAMPLE_RATE_HZ))]
+        pcm = self._pcm_until(now_s, end_s)
         voiced_s = self.voiced_s
         self.frames = []
         self.flags = []
@@ -276,6 +307,15 @@ class Segmenter:
             if st.question is not None:
                 out.append(st.question)
                 st.question = None
+        return out
+
+    def drafts(self) -> list[Draft]:
+        """The drafts channels left since the last call (at most one per channel)."""
+        out = []
+        for st in self._channels.values():
+            if st.draft is not None:
+                out.append(st.draft)
+                st.draft = None
         return out
 
     def close_turn(self, question: TurnQuestion) -> SpeechSegment | None:

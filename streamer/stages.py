@@ -17,13 +17,13 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emomon.streamer.config import SpeakerConfig, StreamerConfig, set_torch_threads
 from emomon.streamer.end_of_turn import EndOfTurn
-from emomon.streamer.segmenter import Segmenter, SpeechSegment
+from emomon.streamer.segmenter import Draft, Segmenter, SpeechSegment
 from emomon.streamer.sources.base import AudioChunk, AudioSource
 from emomon.streamer.transcriber import Transcriber, Transcript
 from emomon.streamer.utterance import SAMPLE_RATE_HZ, Utterance
@@ -46,6 +46,8 @@ class StreamStats:
     turn_questions: int = 0  # pauses the end-of-turn model was asked about
     early_closes: int = 0  # utterances it closed before the hang-over ran out
     no_speech: int = 0  # segments marked as noise (no text, no emotion label)
+    early_asr: int = 0  # transcriptions started early, while a pause's hang-over ran
+    early_asr_used: int = 0  # ... whose segment then closed with nothing more said
     foreign_language: int = 0  # speech in a language the ASR model does not write: no text
 
 
@@ -93,6 +95,12 @@ class LoadSignal:
 
 #: shared by every session of the process (they share its CPU)
 LOAD = LoadSignal()
+
+
+def _quiet(fut: asyncio.Future[Transcript]) -> None:
+    """A discarded early transcription's error is not news (the segment is transcribed again)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def clusters_speakers(mode: str, source: AudioSource) -> bool:
@@ -204,9 +212,10 @@ async def speech(
     speakers: SpeakerStage,
     stats: StreamStats,
     end_of_turn: EndOfTurn | None = None,
+    on_draft: Callable[[Draft], None] | None = None,
 ) -> AsyncIterator[tuple[SpeechSegment, str, bool, float]]:
     """VAD (+ end-of-turn model) + speaker attribution: yields (segment, speaker, provisional,
-    attribution seconds)."""
+    attribution seconds); hands each draft the segmenter leaves to ``on_draft``."""
 
     async def labelled(seg: SpeechSegment) -> tuple[SpeechSegment, str, bool, float]:
         t0 = time.perf_counter()
@@ -218,6 +227,9 @@ async def speech(
         stats.chunks += 1
         for seg in segmenter.feed(chunk):
             yield await labelled(seg)
+        for draft in segmenter.drafts():
+            if on_draft is not None:
+                on_draft(draft)
         if end_of_turn is not None:
             asked = end_of_turn.asked
             early = await end_of_turn.close_early(segmenter)
@@ -260,16 +272,57 @@ async def utterances(
     # released after the speech (issue #15).
     arrival_of = getattr(source, "arrival_of", None)
 
+    # Early transcription (vad.early_asr_ms): at the first pause of that length the speech so
+    # far goes to an idle ASR while the hang-over runs. If the segment then closes with the same
+    # audio (nothing more said) its transcript is ready or on the way; if speech resumes, it is
+    # discarded. Only where the speaker is known before the segment closes (channels with one
+    # speaker each: RTP streams, stereo files); a clustered channel is labelled at close.
+    drafts: dict[str, tuple[Draft, str, asyncio.Future[Transcript]]] = {}
+
+    def on_draft(draft: Draft) -> None:
+        stream = f"{session}/{draft.speaker or f'ch{draft.channel}'}"
+        if speakers.cluster or not transcriber.idle_for(stream):
+            drafts.pop(draft.channel, None)
+            return
+        audio = draft.pcm.astype("float32") / 32768.0
+        fut = asyncio.ensure_future(transcriber.transcribe(audio, stream))
+        fut.add_done_callback(_quiet)
+        drafts[draft.channel] = (draft, stream, fut)
+        stats.early_asr += 1
+
+    def early(seg: SpeechSegment, stream: str) -> asyncio.Future[Transcript] | None:
+        got = drafts.pop(seg.channel, None)
+        if got is None:
+            return None
+        draft, draft_stream, fut = got
+        same = (
+            draft.start_s == seg.start_s
+            and draft.end_s == seg.end_s
+            and draft.pcm.shape == seg.pcm.shape
+            and draft_stream == stream
+            and not fut.cancelled()
+        )
+        stats.early_asr_used += same
+        return fut if same else None
+
     async def front() -> None:
         try:
             async for seg, who, provisional, spk_s in speech(
-                source.chunks(), segmenter, speakers, stats, end_of_turn
+                source.chunks(),
+                segmenter,
+                speakers,
+                stats,
+                end_of_turn,
+                on_draft if config.vad.early_asr_ms else None,
             ):
                 if arrival_of is not None and (at := arrival_of(seg.channel, seg.end_s)):
                     seg = dataclasses.replace(seg, end_wall=at)
-                audio = seg.pcm.astype("float32") / 32768.0
                 # the stream whose language is tracked: one speaker of one session
-                asr = asyncio.ensure_future(transcriber.transcribe(audio, f"{session}/{who}"))
+                stream = f"{session}/{who}"
+                asr = early(seg, stream)
+                if asr is None:
+                    audio = seg.pcm.astype("float32") / 32768.0
+                    asr = asyncio.ensure_future(transcriber.transcribe(audio, stream))
                 await ready.put((seg, who, provisional, spk_s, asr))
         finally:
             await ready.put(None)

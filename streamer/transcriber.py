@@ -385,6 +385,18 @@ class Transcriber:
         nsp = float(max(s.no_speech_prob for s in segments)) if segments else None
         return text, conf, nsp, False
 
+    def idle_for(self, stream: str) -> bool:
+        """Whether an early (speculative) transcription of ``stream`` may start now: nothing
+        is being transcribed, and the stream's language needs no measurement (a discarded
+        early transcription must not count as evidence about it)."""
+        if self._pending:
+            return False
+        if not self.detects_language:
+            return True
+        with self._streams_lock:
+            st = self.streams.get(stream)
+        return st is not None and st.settled is not None and not st.wants_measurement()
+
     async def transcribe(self, audio: np.ndarray, stream: str | None = None) -> Transcript:
         """Transcribe one utterance of ``stream``; batched with others waiting at the same time
         unless ``batch_max`` is 1."""

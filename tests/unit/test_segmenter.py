@@ -114,3 +114,39 @@ def test_end_wall_comes_from_capture_times_even_when_processed_late(call_pcm):
     seg = Segmenter(SegmenterConfig(aggressiveness=2, hangover_ms=300))
     (s2,) = _run(seg, pcm)
     assert s2.end_wall == pytest.approx(s2.detected_wall - s2.hangover_s, abs=0.05)
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_a_draft_holds_exactly_the_audio_its_segment_will_close_with(call_pcm, frame_ms):
+    """Early transcription (vad.early_asr_ms): at the first 150 ms of a pause the segmenter
+    leaves a draft whose audio is what the segment holds when the hang-over closes it, so a
+    transcript of the draft is the segment's; speech that resumes within the hang-over leaves a
+    new draft at the next pause and the segment grows past the first one."""
+    word = call_pcm[int(6.6 * SR) : int(7.2 * SR)]
+    gap = np.zeros(int(0.02 * SR), np.int16)  # + the word's own edges: a pause under 300 ms
+    pcm = np.concatenate([np.zeros(SR, np.int16), word, gap, word, np.zeros(SR, np.int16)])
+    seg = Segmenter(
+        SegmenterConfig(aggressiveness=2, hangover_ms=300, early_asr_ms=150, frame_ms=frame_ms)
+    )
+    drafts, segs = [], []
+    for c in _chunks(pcm, step=320):  # 20 ms chunks, as RTP delivers them
+        segs += seg.feed(c)
+        drafts += seg.drafts()
+    assert len(segs) == 1
+    s, last = segs[0], drafts[-1]
+    assert len(drafts) >= 2 and drafts[0].end_s < last.end_s  # the first pause did not close it
+    assert (last.start_s, last.end_s, last.channel) == (s.start_s, s.end_s, s.channel)
+    np.testing.assert_array_equal(last.pcm, s.pcm)
+    off = Segmenter(SegmenterConfig(aggressiveness=2, hangover_ms=300, early_asr_ms=0))
+    assert not [d for c in _chunks(pcm, step=320) if off.feed(c) is not None for d in off.drafts()]
+
+
+def test_early_asr_must_cover_the_tail_and_end_before_the_hangover():
+    from pydantic import ValidationError
+
+    from emomon.services.settings import VadSettings
+
+    assert VadSettings(early_asr_ms=0).early_asr_ms == 0
+    for bad in (100, 300):
+        with pytest.raises(ValidationError, match="early_asr_ms"):
+            VadSettings(early_asr_ms=bad, hangover_ms=300)

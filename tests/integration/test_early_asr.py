@@ -1,0 +1,59 @@
+"""Early transcription (vad.early_asr_ms): on a channel with one speaker the ASR starts at the
+first 150 ms of a pause, while the hang-over runs. Utterances that end there get exactly the
+transcript they would have got without it (same audio), and sooner."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from emomon.services.settings import Settings
+from tests.integration.test_language_noise import espeak
+
+SENTENCES = [
+    "Good morning, I am calling about my order from last week.",
+    "It still has not arrived.",
+    "Could you please check it for me?",
+    "Thank you very much, that is all.",
+]
+
+
+def _run(path: Path, early_ms: int) -> Any:
+    from emomon.services.pipeline import Pipeline, build_source
+    from emomon.services.worker import FusionWorker
+
+    settings = Settings.model_validate(
+        {
+            "console": {"enabled": False},
+            "speakers": {"mode": "channel"},
+            "asr": {"language": "en"},
+            "source": {"realtime": True},
+            "vad": {"early_asr_ms": early_ms},
+        }
+    )
+
+    async def main() -> Any:
+        pipeline = Pipeline(settings, [], worker=FusionWorker(settings.worker))
+        try:
+            return await pipeline.run([("call", build_source(str(path), settings))])
+        finally:
+            pipeline.close()
+
+    return asyncio.run(main())
+
+
+def test_early_transcripts_are_the_same_and_come_sooner(tmp_path: Path) -> None:
+    wav = espeak(SENTENCES, "en-us", tmp_path / "en.wav")
+    off, on = _run(wav, 0), _run(wav, 150)
+    assert off.early_asr == 0
+    texts = [[(e.start_s, e.end_s, e.text) for e in s.events_list] for s in (off, on)]
+    assert texts[0] == texts[1] and len(texts[0]) == len(SENTENCES)
+    # each sentence ends in a 0.8 s pause with an idle ASR: all of them early
+    assert on.early_asr_used == len(SENTENCES) and on.early_asr == len(SENTENCES)
+    asr_ms = {
+        name: sorted(e.stage_ms["asr"] for e in s.events_list)
+        for name, s in (("off", off), ("on", on))
+    }
+    # the transcription ran while the last 150 ms of the hang-over did
+    assert asr_ms["on"][len(SENTENCES) // 2] < asr_ms["off"][len(SENTENCES) // 2], asr_ms
