@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,7 +54,10 @@ class Browser:
     def __init__(self, width: int = 1400, height: int = 900) -> None:
         self.size = (width, height)
         self._ids = itertools.count(1)
-        self._profile = tempfile.TemporaryDirectory(prefix="emomon-chromium-")
+        # Chromium's helper processes may still write into the profile as it is removed
+        self._profile = tempfile.TemporaryDirectory(
+            prefix="emomon-chromium-", ignore_cleanup_errors=True
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -73,6 +79,7 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: closed with all its helpers
         )
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -99,12 +106,13 @@ class Browser:
         if self._http is not None:
             await self._http.close()
         if self._proc is not None:
-            self._proc.terminate()
-            try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)  # helpers that outlived it
+            self._proc.wait()
         self._profile.cleanup()
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
