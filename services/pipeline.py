@@ -88,6 +88,19 @@ class PipelineStats(StreamStats):
 
 
 # -- factories ---------------------------------------------------------------------------------
+async def start_sources(sessions: Sequence[tuple[str, AudioSource]]) -> None:
+    """Bind every source that has a ``start`` (RTP sockets); if one fails, close them all."""
+    try:
+        for _, src in sessions:
+            start = getattr(src, "start", None)
+            if start is not None:
+                await start()
+    except BaseException:
+        for _, src in sessions:
+            await src.close()
+        raise
+
+
 def build_source(spec: str, settings: Settings) -> AudioSource:
     """``file:PATH`` (or a bare path), ``mic[:DEVICE]``, ``rtp://HOST:PORT``."""
     s = settings.source
@@ -303,13 +316,8 @@ class Pipeline:
                     await sink.close()
             raise
         try:
-            for _, src in sessions:
-                start = getattr(src, "start", None)
-                if start is not None:
-                    await start()
+            await start_sources(sessions)
         except BaseException:
-            for _, src in sessions:
-                await src.close()
             for sink in reversed(started):
                 with contextlib.suppress(Exception):
                     await sink.close()

@@ -142,13 +142,8 @@ async def serve_stream(
         )
         await asyncio.to_thread(pipeline.warm_up_streamer, transcriber, settings, cluster)
     try:
-        for _, src in sessions:
-            start = getattr(src, "start", None)
-            if start is not None:
-                await start()
+        await pipeline.start_sources(sessions)
     except BaseException:
-        for _, src in sessions:
-            await src.close()
         await producer.close(0)
         if server is not None:
             await server.close()
