@@ -11,7 +11,14 @@ a separate `emomon run` process. Latency runs from the moment the end of speech
 was *played* (the real-time clock of the replay), so time spent in a backlog counts. Usage:
 
     .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
-        [--end-of-turn settings|on|off|both] [--set S.F=V ...] [--dashboard]
+        [--end-of-turn settings|on|off|both] [--set S.F=V ...] [--dashboard] [--staggered]
+        [--by-time S]
+
+By default the N replays start at the same moment, so every session's utterances end at the same
+instants and reach the ASR together: the worst case for bursts, and mostly the start of a call
+(language detection, speaker clustering from nothing). ``--staggered`` spreads the starts as N
+concurrent calls would be (see :func:`replays`); ``--by-time S`` prints where in the call the
+tail latency comes from.
 
 ``--end-of-turn both`` runs each N without the end-of-turn model (``vad.end_of_turn_pause_ms=0``)
 and with it (the settings' pause, or 150 ms where they turn it off), one after the other.
@@ -106,6 +113,43 @@ class OpenDashboard:
         await self.stack.aclose()
 
 
+def call_seconds() -> float:
+    import wave
+
+    with wave.open(str(CALL)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def replays(n: int, staggered: bool) -> tuple[list[tuple[str, object]], set[str]]:
+    """The sessions of one run, and the ones to score. In step: ``n`` replays of the call that
+    start together. Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a call later, each
+    replaying the call three times in a row as three new sessions (new speakers, new
+    language), so calls start and end at the rate ``n`` concurrent calls of this length have;
+    only the middle call of each slot is scored, which runs while all ``n`` slots are busy."""
+    from emomon.streamer.sources.file import FileSource
+
+    class LaterSource(FileSource):
+        def __init__(self, delay_s: float) -> None:
+            super().__init__(CALL, realtime=True)
+            self.delay_s = delay_s
+
+        async def chunks(self):  # type: ignore[no-untyped-def, override]
+            await asyncio.sleep(self.delay_s)
+            async for chunk in super().chunks():
+                yield chunk
+
+    if not staggered:
+        sessions = [(f"call-{i + 1}", FileSource(CALL, realtime=True)) for i in range(n)]
+        return sessions, {name for name, _ in sessions}  # type: ignore[misc]
+    length = call_seconds()
+    sessions = [
+        (f"slot-{i + 1}-call-{k + 1}", LaterSource(k * length + i * length / n))
+        for i in range(n)
+        for k in range(3)
+    ]
+    return sessions, {name for name, _ in sessions if name.endswith("-call-2")}  # type: ignore[misc]
+
+
 async def run_parallel(
     n: int,
     transcriber,
@@ -113,10 +157,10 @@ async def run_parallel(
     speakers: str = "cluster",
     extra: dict | None = None,
     dashboard: bool = False,
+    staggered: bool = False,
 ) -> tuple[list, list[float]]:  # type: ignore[no-untyped-def]
     from emomon.services.pipeline import Pipeline
     from emomon.services.settings import load_settings
-    from emomon.streamer.sources.file import FileSource
 
     ov: dict = {
         "source": {"realtime": True},
@@ -125,18 +169,18 @@ async def run_parallel(
     for section, fields in (extra or {}).items():
         ov.setdefault(section, {}).update(fields)
     settings = load_settings(overrides=ov, environ={})
-    sessions = [(f"call-{i + 1}", FileSource(CALL, realtime=True)) for i in range(n)]
+    sessions, scored = replays(n, staggered)
     if not dashboard:
         p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
-        stats = await p.run(sessions)
-        return stats.events_list, stats.sink_ms
+        stats = await p.run(sessions)  # type: ignore[arg-type]
+        return [e for e in stats.events_list if e.session in scored], stats.sink_ms
     async with OpenDashboard(settings) as dash:
         p = Pipeline(settings, [dash.sink], transcriber=transcriber, worker=worker)
-        stats = await p.run(sessions)
+        stats = await p.run(sessions)  # type: ignore[arg-type]
         pages = dash.hub.pages
     if pages < 1:
         raise SystemExit("the dashboard page was not connected at the end of the run")
-    return stats.events_list, stats.sink_ms
+    return [e for e in stats.events_list if e.session in scored], stats.sink_ms
 
 
 DETECTORS: list = []  # every TurnDetector the sessions create, for their counters
@@ -265,6 +309,21 @@ def main() -> int:
         f"{EOT_ON_PAUSE_MS} ms where they say 0 (off); off; both: each N off, then on",
     )
     ap.add_argument(
+        "--staggered",
+        action="store_true",
+        help="calls that do not start together: N slots, slot i starting i/N of a call later, "
+        "each replaying the call 3 times as 3 new sessions; only each slot's middle call (all N "
+        "slots busy) is scored (default: N replays that start at the same moment)",
+    )
+    ap.add_argument(
+        "--by-time",
+        type=int,
+        default=0,
+        metavar="S",
+        help="also print latency p50/p95 and p95 by stage of the events whose speech ended in "
+        "each S-second stretch of the call (where in the call the tail comes from)",
+    )
+    ap.add_argument(
         "--dashboard",
         action="store_true",
         help="serve the dashboard and keep its page open in headless Chromium during the runs",
@@ -278,15 +337,17 @@ def main() -> int:
     from emomon.services.pipeline import transcriber_config
     from emomon.services.settings import load_settings
     from emomon.services.worker import FusionWorker
+    from emomon.streamer.config import set_torch_threads
     from emomon.streamer.stages import shared_embedder, shared_segmentation
     from emomon.streamer.transcriber import Transcriber
 
     base = load_settings(overrides=extra, environ={})
     transcriber = Transcriber(transcriber_config(base))
     worker = FusionWorker(base.worker)
-    shared_embedder()
+    set_torch_threads(base.worker.torch_threads)  # as the pipeline does, before the models load
+    shared_embedder(base.speakers.runtime)
     if base.speakers.segmentation:
-        shared_segmentation()
+        shared_segmentation(base.speakers.runtime)
     if any(eot_runs) or base.vad.end_of_turn_pause_ms:
         from emomon.streamer.end_of_turn import shared_end_of_turn
 
@@ -296,7 +357,8 @@ def main() -> int:
     )
     print(
         f"model: {worker.model.model_id}; ASR: {transcriber.model_id}; speakers: {args.speakers}; "
-        f"real-time pace; settings overrides: {extra or 'none'}; "
+        f"real-time pace, {'staggered starts' if args.staggered else 'all starting together'}; "
+        f"settings overrides: {extra or 'none'}; "
         f"dashboard: {'open in headless Chromium' if args.dashboard else 'off'}\n"
     )
     header = "N  events  p50 ms  p95 ms  agree   WER  | p95 by stage (ms): " + " ".join(
@@ -313,7 +375,9 @@ def main() -> int:
             pause = (base.vad.end_of_turn_pause_ms or EOT_ON_PAUSE_MS) if eot else 0
             run_extra = {**extra, "vad": {**extra.get("vad", {}), "end_of_turn_pause_ms": pause}}
         events, sink_ms = asyncio.run(
-            run_parallel(n, transcriber, worker, args.speakers, run_extra, args.dashboard)
+            run_parallel(
+                n, transcriber, worker, args.speakers, run_extra, args.dashboard, args.staggered
+            )
         )
         lat = [e.latency_ms for e in events]
         by = {s: [e.stage_ms.get(s, 0.0) for e in events] for s in STAGES}
@@ -325,6 +389,19 @@ def main() -> int:
             f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
             f"  | {' ' * 19}{stage_cols} | {turn_counts()} | {eot_counts()} | {worst:5.3f}"
         )
+        if args.by_time:
+            # every session replays the same call in step: where in the call is the tail?
+            for lo in range(0, int(max(e.end_s for e in events)) + 1, args.by_time):
+                part = [e for e in events if lo <= e.end_s < lo + args.by_time]
+                if part:
+                    xs = [e.latency_ms for e in part]
+                    stages = " ".join(
+                        f"{s}={pct([e.stage_ms.get(s, 0.0) for e in part], 95):.0f}" for s in STAGES
+                    )
+                    print(
+                        f"   speech ending {lo:3d}-{lo + args.by_time:3d} s: {len(xs):3d} events, "
+                        f"p50 {pct(xs, 50):5.0f} p95 {pct(xs, 95):5.0f} ms; p95 by stage {stages}"
+                    )
         if args.per_utterance:
             first = min(e.session for e in events)
             for e in sorted((e for e in events if e.session == first), key=lambda e: e.start_s):

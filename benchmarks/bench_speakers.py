@@ -1,10 +1,11 @@
 """Cost and quality of speaker attribution on the shipped phone call (no ASR, no fusion).
 
-Part 1: CAM++ milliseconds per call (one 0.5 s window) with 1 and 2 PyTorch intra-op threads,
-called from the main thread and from a worker thread, as the pipeline calls it; then per window
-of the detector's two lengths, alone and four per pass, traced (as the pipeline runs it) and eager;
-then the segmentation network (frame-level turns) per window of 1, 2 and 3 s, alone and four
-per pass.
+Part 1: CAM++ milliseconds per call (one 0.5 s window, the TorchScript graph) with 1 and 2
+PyTorch intra-op threads, called from the main thread and from a worker thread, as the pipeline
+calls it; then per window of the detector's two lengths, alone and four per pass, one thread, in
+ONNX Runtime (as the pipeline runs it), traced TorchScript (``speakers.runtime=torch``) and
+eager; then the segmentation network (frame-level turns) per window of 1, 2 and 3 s, alone and
+four per pass, in the same three forms.
 Part 2: VAD + turn detection over the call, as fast as it decodes, per detector setting:
 wall time, number of segments, agreement with the RTTM, and how long after a turn change
 (or end of speech) each segment was closed (p50/p95, stream time). Usage:
@@ -34,7 +35,7 @@ def embed_cost(repeats: int = 60) -> None:
 
     from emomon.streamer.stages import shared_embedder
 
-    emb = shared_embedder()
+    emb = shared_embedder("torch")
     x = [np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)]
 
     async def from_thread() -> float:
@@ -56,17 +57,18 @@ def embed_cost(repeats: int = 60) -> None:
             f"worker thread {worker * 1000:.1f} ms per call"
         )
     # Sessions asking at the same moment share one forward pass (SpeakerEmbedder.embed); the
-    # pipeline's embedder is the traced TorchScript graph, the eager network is shown beside it.
+    # pipeline's embedder runs in ONNX Runtime, TorchScript and the eager network beside it.
     from emomon.streamer.speakers import SpeakerEmbedder
 
     w = [np.random.default_rng(i).normal(0, 0.1, 9600).astype(np.float32) for i in range(4)]
-    for e in (emb, SpeakerEmbedder(jit=False)):
+    torch.set_num_threads(1)  # as the pipeline runs it (ONNX Runtime takes it at load)
+    for e in (SpeakerEmbedder(), emb, SpeakerEmbedder(jit=False)):
         for win_s in (0.6, 1.2):
             n = int(win_s * 16000)
             for batch in (1, 4):
                 per = per_window(e.embed, [np.resize(a, n) for a in w[:batch]], repeats // 4)
                 print(
-                    f"CAM++ {'traced' if e.jit else 'eager'}, {win_s} s windows, 1 thread, "
+                    f"CAM++ {e.runtime}, {win_s} s windows, 1 thread, "
                     f"{batch} per pass: {per * 1000:.1f} ms per window"
                 )
 
@@ -81,18 +83,25 @@ def per_window(run, windows: list, calls: int) -> float:  # type: ignore[no-unty
 
 
 def segmentation_cost(repeats: int = 40) -> None:
-    from emomon.streamer.stages import shared_segmentation
+    import torch
 
-    seg = shared_segmentation()
+    from emomon.streamer.segmentation import SpeakerSegmentation
+
+    torch.set_num_threads(1)
     w = [np.random.default_rng(i).normal(0, 0.1, 48000).astype(np.float32) for i in range(4)]
-    for win_s in (1.0, 2.0, 3.0):
-        n = int(win_s * 16000)
-        for batch in (1, 4):
-            per = per_window(seg.frames, [a[:n] for a in w[:batch]], repeats // 4)
-            print(
-                f"segmentation {'traced' if seg.jit else 'eager'}, {win_s} s windows, 1 thread, "
-                f"{batch} per pass: {per * 1000:.1f} ms per window"
-            )
+    for seg in (
+        SpeakerSegmentation(),
+        SpeakerSegmentation(runtime="torch"),
+        SpeakerSegmentation(jit=False),
+    ):
+        for win_s in (1.0, 2.0, 3.0):
+            n = int(win_s * 16000)
+            for batch in (1, 4):
+                per = per_window(seg.frames, [a[:n] for a in w[:batch]], repeats // 4)
+                print(
+                    f"segmentation {seg.runtime}, {win_s} s windows, 1 thread, "
+                    f"{batch} per pass: {per * 1000:.1f} ms per window"
+                )
 
 
 def turns(over: dict) -> str:

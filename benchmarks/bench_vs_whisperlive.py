@@ -139,6 +139,7 @@ def show(segs: list, texts: list[str], t0: float) -> None:
 async def run_emomon(path: Path, threads: int, sets: dict) -> tuple[list, float, list[str], float]:
     from emomon.services.pipeline import transcriber_config, utterances
     from emomon.services.settings import load_settings
+    from emomon.streamer.config import set_torch_threads
     from emomon.streamer.sources.file import FileSource
     from emomon.streamer.stages import StreamStats, shared_embedder, shared_segmentation
     from emomon.streamer.transcriber import Transcriber
@@ -152,9 +153,10 @@ async def run_emomon(path: Path, threads: int, sets: dict) -> tuple[list, float,
         ov.setdefault(section, {}).update(fields)
     settings = load_settings(overrides=ov, environ={})
     transcriber = Transcriber(transcriber_config(settings))
-    shared_embedder()
+    set_torch_threads(settings.worker.torch_threads)  # as the pipeline does, before the models load
+    shared_embedder(settings.speakers.runtime)
     if settings.speakers.segmentation:
-        shared_segmentation()
+        shared_segmentation(settings.speakers.runtime)
     await transcriber.transcribe(np.zeros(SR, np.float32))  # load and warm up before the clock
     segs, texts, t0 = [], [], 0.0
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -71,9 +71,9 @@ def warm_up_streamer(
         shared_end_of_turn().complete_probability(noise)
     if cluster:
         set_torch_threads(settings.worker.torch_threads)
-        shared_embedder()  # loads CAM++ and warms it (SpeakerEmbedder.__init__)
+        shared_embedder(settings.speakers.runtime)  # loads CAM++ and warms it
         if settings.speakers.segmentation:
-            shared_segmentation()  # likewise
+            shared_segmentation(settings.speakers.runtime)  # likewise
     return noise, tr.frames
 
 

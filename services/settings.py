@@ -200,6 +200,15 @@ class SpeakerSettings(_Section):
         description="skip the short windows while turn detection lags the audio by more than "
         "this (a loaded CPU then uses the long windows only instead of falling behind)",
     )
+    shed_hop_s: float = Field(
+        _SPK.shed_hop_s,
+        ge=0.0,
+        le=10.0,
+        description="while turn detection lags the audio by more than change_max_lag_ms: the "
+        "long windows are embedded at least this far apart (the newest one due) instead of "
+        "every hop_s, so a session that fell behind does not embed its backlog window by window (0: every "
+        "hop_s, backlog included, as before 2026-12-07)",
+    )
     provisional_s: float = Field(
         _SPK.provisional_s, ge=0.0, le=120.0, description="speech heard before a label is final"
     )
@@ -216,6 +225,12 @@ class SpeakerSettings(_Section):
         ge=0.1,
         le=10.0,
         description="with turns_from=frames: how often a window names the speaker",
+    )
+    runtime: Literal["auto", "torch"] = Field(
+        _SPK.runtime,
+        description="auto: the speaker networks (CAM++, segmentation) run in ONNX Runtime on "
+        "the CPU, exported once into the user cache (15-45 % less CPU per pass than "
+        "TorchScript; TorchScript if the export fails, logged); torch: always TorchScript",
     )
 
     @model_validator(mode="after")

@@ -74,6 +74,10 @@ class SpeakerConfig:
     change_confirm: int = 2
     change_margin: float = 0.05
     change_max_lag_ms: int = 300
+    # while behind (lag > change_max_lag_ms): long windows at least this far apart (the newest
+    # one due), not every hop_s; on the synthetic conversations without short windows 0.5 s
+    # found more turns than 0.25 s with half the windows (benchmarks/bench_turns.py)
+    shed_hop_s: float = 0.5
     provisional_s: float = 4.0
     # "frames": with the segmentation network on, only its frames find turns and CAM++ only
     # names who speaks (a window at window_s into each segment, then every name_hop_s);
@@ -84,6 +88,10 @@ class SpeakerConfig:
     # event; one call that keeps up is unchanged)
     turns_from: Literal["auto", "frames", "all"] = "auto"
     name_hop_s: float = 1.0
+    # "auto": CAM++ and the segmentation network run in ONNX Runtime on the CPU (exported once
+    # into the user cache; 15-45 % less CPU per pass), TorchScript if that fails; "torch": always
+    # TorchScript
+    runtime: Literal["auto", "torch"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)

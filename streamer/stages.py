@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from emomon.streamer.config import SpeakerConfig, StreamerConfig, set_torch_threads
 from emomon.streamer.end_of_turn import EndOfTurn
@@ -52,19 +52,19 @@ class StreamStats:
 
 
 @functools.cache
-def shared_embedder() -> SpeakerEmbedder:
+def shared_embedder(runtime: Literal["auto", "torch"] = "auto") -> SpeakerEmbedder:
     """One CAM++ model per process, shared by all sessions (it is thread-safe)."""
     from emomon.streamer.speakers import SpeakerEmbedder
 
-    return SpeakerEmbedder()
+    return SpeakerEmbedder(runtime=runtime)
 
 
 @functools.cache
-def shared_segmentation() -> SpeakerSegmentation:
+def shared_segmentation(runtime: Literal["auto", "torch"] = "auto") -> SpeakerSegmentation:
     """One segmentation model per process, shared by all sessions (it is thread-safe)."""
     from emomon.streamer.segmentation import SpeakerSegmentation
 
-    return SpeakerSegmentation()
+    return SpeakerSegmentation(runtime=runtime)
 
 
 class LoadSignal:
@@ -131,8 +131,8 @@ class SpeakerStage:
             from emomon.streamer.speakers import OnlineSpeakerClustering
 
             set_torch_threads(torch_threads)
-            self.embedder = shared_embedder()
-            self.segmentation = shared_segmentation() if config.segmentation else None
+            self.embedder = shared_embedder(config.runtime)
+            self.segmentation = shared_segmentation(config.runtime) if config.segmentation else None
             self.clustering = OnlineSpeakerClustering(config)
 
     def _detector(self, channel: str) -> TurnDetector:

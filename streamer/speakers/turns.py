@@ -46,8 +46,9 @@ class TurnDetector:
     ``update(start_s, pcm, fine)`` is given the open segment's audio so far (called as it grows);
     it embeds the new windows and returns the stream time at which to cut, or ``None``. With
     ``fine=False`` (the caller is behind real time) the short windows, the costliest check, are
-    skipped: under load the detector keeps the frames and the long windows instead of falling
-    further behind. ``finish(start_s, pcm)`` labels a closed segment from its windows (majority vote).
+    skipped, and the long windows are embedded ``shed_hop_s`` apart (only the newest one that is
+    due, so a backlog is not embedded window by window): under load the detector keeps the
+    frames and sparser long windows instead of falling further behind. ``finish(start_s, pcm)`` labels a closed segment from its windows (majority vote).
 
     With ``turns_from = "frames"`` (and the segmentation network on) the frames alone find turns:
     the long windows, embedded only every ``name_hop_s``, name who speaks and propose no cut,
@@ -69,6 +70,7 @@ class TurnDetector:
         self.names_only = self.frames is not None and config.turns_from == "frames"
         self.auto = self.frames is not None and config.turns_from == "auto"
         self.name_gap = int(config.name_hop_s * SAMPLE_RATE_HZ)
+        self.shed_gap = int(config.shed_hop_s * SAMPLE_RATE_HZ)
         if self.names_only:  # windows name speakers only: fewer of them, no short ones
             config = replace(config, hop_s=config.name_hop_s, change_window_s=0.0)
         self.long = LongWindowTurns(embedder, clustering, config)
@@ -135,7 +137,8 @@ class TurnDetector:
             self._reset(start_s)
         # far behind (by default: whenever not fine): with "auto" the windows only name who speaks
         naming = self.auto and (not fine if far_behind is None else far_behind)
-        self.long.embed_new(pcm, self.name_gap if naming else 0)
+        # behind: the long windows at least shed_hop_s apart, the newest first (no backlog)
+        self.long.embed_new(pcm, self.name_gap if naming else 0 if fine else self.shed_gap)
         current = self._who()
         if self.frames is not None:
             # when the windows only name speakers, the frames also take turns they see late

@@ -82,12 +82,17 @@ def test_real_model_finds_the_turn_in_the_call(seg, call_pcm):
     assert find_turn(one, seg.classes, seg.frame_step) is None
 
 
-def test_traced_model_matches_the_eager_one(seg, call_pcm):
+@pytest.mark.parametrize("runtime", ["auto", "torch"])
+def test_optimised_model_matches_the_eager_one(seg, call_pcm, runtime):
+    """ONNX Runtime (the default) and the traced graph (speakers.runtime=torch) both give the
+    eager network's frames, at every window length the detector reads."""
+    fast = seg if runtime == "auto" else SpeakerSegmentation(runtime="torch")
     eager = SpeakerSegmentation(jit=False)
-    assert seg.jit and not eager.jit
+    assert fast.runtime == ("onnx" if runtime == "auto" else "torchscript")
+    assert eager.runtime == "eager"
     audio = call_pcm.astype(np.float32) / 32768
-    for seconds in (0.6, 3.0):
+    for seconds in (0.6, 2.0, 3.0):
         wins = [audio[int(s * SR) : int(s * SR) + int(seconds * SR)] for s in (9.0, 22.5)]
-        a, b = seg.frames(wins), eager.frames(wins)
+        a, b = fast.frames(wins), eager.frames(wins)
         assert a.shape == b.shape
         assert np.abs(a - b).max() < 1e-4

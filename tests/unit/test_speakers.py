@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from emomon.streamer.config import SpeakerConfig
 from emomon.streamer.speakers import OnlineSpeakerClustering
@@ -77,14 +78,16 @@ def test_concurrent_embeddings_share_one_pass_and_match_single_calls(call_pcm):
     assert float(alone[0] @ alone[1]) < 0.9  # Sheila vs Diane: not a constant output
 
 
-def test_traced_embedder_matches_the_eager_network(call_pcm):
-    """The pipeline's CAM++ is a traced, frozen graph; it must give the eager network's
-    embeddings for every window length and batch size the detector uses."""
+@pytest.mark.parametrize(("runtime", "kind"), [("auto", "onnx"), ("torch", "torchscript")])
+def test_optimised_embedder_matches_the_eager_network(call_pcm, runtime, kind):
+    """The pipeline's CAM++ runs in ONNX Runtime (or, with speakers.runtime=torch, as a traced,
+    frozen graph); either must give the eager network's embeddings for every window length and
+    batch size the detector uses."""
     from emomon.streamer.speakers import SpeakerEmbedder
     from emomon.streamer.stages import shared_embedder
 
-    traced, eager = shared_embedder(), SpeakerEmbedder(jit=False)
-    assert traced.jit and not eager.jit
+    fast, eager = shared_embedder(runtime), SpeakerEmbedder(jit=False)
+    assert fast.runtime == kind and eager.runtime == "eager"
     audio = call_pcm.astype(np.float32) / 32768
     for seconds, starts in (
         (0.25, (7.6,)),
@@ -94,6 +97,6 @@ def test_traced_embedder_matches_the_eager_network(call_pcm):
     ):
         n = int(seconds * 16000)
         wins = [audio[int(s * 16000) : int(s * 16000) + n] for s in starts]
-        a, b = traced.embed(wins), eager.embed(wins)
+        a, b = fast.embed(wins), eager.embed(wins)
         assert a.shape == (len(wins), 192)
         assert np.allclose(a, b, atol=1e-4), (seconds, float(np.abs(a - b).max()))

@@ -68,7 +68,9 @@ def test_long_windows_find_turns(long_only, turns):
     assert det.cuts["short"] == 0
 
 
-def _two_resolutions(embedder: SpeakerEmbedder, segmentation=None) -> TurnDetector:
+def _two_resolutions(
+    embedder: SpeakerEmbedder, segmentation=None, shed_hop_s: float = 0.5
+) -> TurnDetector:
     config = SpeakerConfig(
         num_speakers=2,
         window_s=1.2,
@@ -76,6 +78,7 @@ def _two_resolutions(embedder: SpeakerEmbedder, segmentation=None) -> TurnDetect
         change_window_s=0.6,
         change_hop_s=0.1,
         change_confirm=2,
+        shed_hop_s=shed_hop_s,
     )
     return TurnDetector(embedder, OnlineSpeakerClustering(config), config, segmentation)
 
@@ -97,9 +100,18 @@ def test_short_windows_find_turns_sooner(embedder, turns, long_only):
 def test_under_load_the_short_windows_are_skipped_and_long_ones_still_find_turns(embedder, turns):
     pcm, bounds = turns
     det = _two_resolutions(embedder)
+    before = embedder.windows
     cuts = _run(det, pcm, fine=False)  # the caller lags real time on every update
+    sparse = embedder.windows - before
     _check(cuts, bounds, 0.5)
     assert det.cuts["short"] == 0 and det.short_skipped > 0
+    # the long windows shed_hop_s (0.5 s) apart instead of every hop_s (0.25 s): about half
+    every_hop = _two_resolutions(embedder, shed_hop_s=0.0)
+    before = embedder.windows
+    _check(_run(every_hop, pcm, fine=False), bounds, 0.5)
+    dense = embedder.windows - before
+    assert sparse <= 0.6 * dense, (sparse, dense)
+    assert sparse >= pcm.shape[0] / SR / 0.5 * 0.7  # ... and not fewer than one per 0.5 s
 
 
 @pytest.fixture(scope="module")
