@@ -92,7 +92,8 @@ class VadSettings(_Section):
         ge=0,
         le=5000,
         description="pause after which an idle ASR starts transcribing the speech so far while "
-        "the hang-over runs (kept if nothing more is said; channels with one speaker only); "
+        "the hang-over runs (kept if nothing more is said and, on a clustered channel, the "
+        "speaker is the one the turn detector named so far); "
         "0 = off, else at least 150 and less than hangover_ms",
     )
 

@@ -185,6 +185,14 @@ class SpeakerStage:
             return None
         return segmenter.cut(channel, cut_at) if cut_at is not None else None
 
+    def guess(self, channel: str, start_s: float) -> str | None:
+        """The label the open segment of ``channel`` (begun at ``start_s``) will most likely
+        get, from the turn detector's windows so far; None when not known (yet)."""
+        if not self.cluster:
+            return None
+        det = self._detectors.get(channel)
+        return det.current(start_s) if det is not None else None
+
     async def label(self, seg: SpeechSegment) -> tuple[str, bool]:
         """(speaker label, provisional) of a closed segment."""
         if not self.cluster:
@@ -274,18 +282,23 @@ async def utterances(
 
     # Early transcription (vad.early_asr_ms): at the first pause of that length the speech so
     # far goes to an idle ASR while the hang-over runs. If the segment then closes with the same
-    # audio (nothing more said) its transcript is ready or on the way; if speech resumes, it is
-    # discarded. Only where the speaker is known before the segment closes (channels with one
-    # speaker each: RTP streams, stereo files); a clustered channel is labelled at close.
+    # audio (nothing more said) and the same speaker, its transcript is ready or on the way; if
+    # speech resumes, it is discarded. The speaker (whose language the ASR tracks) is the
+    # channel's on one-speaker channels (RTP streams, stereo files); on a clustered channel it
+    # is the one the turn detector's windows name so far, and a segment that is then labelled
+    # otherwise is transcribed again.
     drafts: dict[str, tuple[Draft, str, asyncio.Future[Transcript]]] = {}
 
     def on_draft(draft: Draft) -> None:
-        stream = f"{session}/{draft.speaker or f'ch{draft.channel}'}"
-        if speakers.cluster or not transcriber.idle_for(stream):
+        who = draft.speaker or f"ch{draft.channel}"
+        if speakers.cluster:
+            who = speakers.guess(draft.channel, draft.start_s) or ""
+        stream = f"{session}/{who}"
+        if not who or not transcriber.idle_for(stream):
             drafts.pop(draft.channel, None)
             return
         audio = draft.pcm.astype("float32") / 32768.0
-        fut = asyncio.ensure_future(transcriber.transcribe(audio, stream))
+        fut = asyncio.ensure_future(transcriber.transcribe(audio, stream, speculative=True))
         fut.add_done_callback(_quiet)
         drafts[draft.channel] = (draft, stream, fut)
         stats.early_asr += 1

@@ -132,6 +132,7 @@ class Transcriber:
         self.no_speech = 0  # segments marked as noise
         self.foreign = 0  # utterances not decoded: another language than the model's
         self._pending = 0  # transcribe() calls not finished yet (the load, for the beam)
+        self._speculative = 0  # ... of early transcriptions (not counted as load for the beam)
         self.beams: dict[int, int] = {}  # beam width -> utterances decoded with it
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
         self._lid = DetectorQueue(self.detector.detect) if self.detector is not None else None
@@ -389,7 +390,7 @@ class Transcriber:
         """Whether an early (speculative) transcription of ``stream`` may start now: nothing
         is being transcribed, and the stream's language needs no measurement (a discarded
         early transcription must not count as evidence about it)."""
-        if self._pending:
+        if self._pending or self._speculative:
             return False
         if not self.detects_language:
             return True
@@ -397,12 +398,18 @@ class Transcriber:
             st = self.streams.get(stream)
         return st is not None and st.settled is not None and not st.wants_measurement()
 
-    async def transcribe(self, audio: np.ndarray, stream: str | None = None) -> Transcript:
+    async def transcribe(
+        self, audio: np.ndarray, stream: str | None = None, speculative: bool = False
+    ) -> Transcript:
         """Transcribe one utterance of ``stream``; batched with others waiting at the same time
-        unless ``batch_max`` is 1."""
+        unless ``batch_max`` is 1. ``speculative``: an early transcription that may be thrown
+        away (started only when :meth:`idle_for` says so); it does not count as load, so an
+        utterance that arrives meanwhile still gets the wide beam, and the text of every
+        utterance is what it would be without early transcription."""
         loop = asyncio.get_running_loop()
         ticket = self._stream(stream or "").ticket() if self.detects_language else None
-        self._pending += 1
+        counter = "_speculative" if speculative else "_pending"
+        setattr(self, counter, getattr(self, counter) + 1)
         try:
             if self.config.batch_max <= 1:
                 return (
@@ -420,7 +427,7 @@ class Transcriber:
                 )
             return await self._batcher.submit(audio, (stream, ticket))
         finally:
-            self._pending -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
 
     def _run_batch(
         self, audios: list[np.ndarray], metas: list[tuple[str | None, int | None]]

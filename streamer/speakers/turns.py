@@ -170,6 +170,11 @@ class TurnDetector:
                 return self._cut(start_s, cut, self._before(cut, current), new, "short")
         return None
 
+    def current(self, start_s: float) -> str | None:
+        """Who speaks in the open segment that began at ``start_s``, as its windows tell so far
+        (None: not known yet, or another segment)."""
+        return self._who() if self._same_segment(start_s) else None
+
     def finish(self, start_s: float, pcm: np.ndarray) -> str:
         """Label of a closed segment: majority of its windows, or one embedding if it is short."""
         if self._closed is not None and abs(self._closed[0] - start_s) < SAME_START_S:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from emomon.services.settings import Settings
+from tests.conftest import CALL_WAV
 from tests.integration.test_language_noise import espeak
 
 SENTENCES = [
@@ -57,3 +58,38 @@ def test_early_transcripts_are_the_same_and_come_sooner(tmp_path: Path) -> None:
     }
     # the transcription ran while the last 150 ms of the hang-over did
     assert asr_ms["on"][len(SENTENCES) // 2] < asr_ms["off"][len(SENTENCES) // 2], asr_ms
+
+
+def test_early_transcripts_on_a_channel_with_two_voices() -> None:
+    """A mono call (speakers clustered): the draft's speaker is the one the turn detector's
+    windows name so far; a segment that closes at the pause with that label keeps the early
+    transcript, and every event is the same as without early transcription."""
+    from emomon.services.pipeline import Pipeline, build_source
+    from emomon.services.worker import FusionWorker
+
+    def run(early_ms: int) -> Any:
+        settings = Settings.model_validate(
+            {
+                "console": {"enabled": False},
+                "speakers": {"mode": "cluster", "num_speakers": 2},
+                # greedy, one at a time: a fast replay's texts must not depend on which
+                # utterances happen to meet in the ASR (the beam adapts to load)
+                "asr": {"language": "en", "beam_size": 1, "batch_max": 1},
+                "vad": {"early_asr_ms": early_ms},
+            }
+        )
+
+        async def main() -> Any:
+            pipeline = Pipeline(settings, [], worker=FusionWorker(settings.worker))
+            try:
+                return await pipeline.run([("call", build_source(str(CALL_WAV), settings))])
+            finally:
+                pipeline.close()
+
+        return asyncio.run(main())
+
+    off, on = run(0), run(150)
+    assert off.early_asr == 0
+    seen = [[(e.start_s, e.end_s, e.speaker, e.text) for e in s.events_list] for s in (off, on)]
+    assert seen[0] == seen[1] and len(seen[0]) >= 8
+    assert on.early_asr_used >= 1 and on.early_asr >= on.early_asr_used

@@ -210,3 +210,17 @@ def test_one_session_far_behind_makes_all_only_name_speakers_until_the_hold_expi
     assert load.level(5, 300, now=201.0) == (True, True)  # ... B too, for the hold
     assert load.level(5, 300, now=200.0 + hold) == (True, True)
     assert load.level(5, 300, now=200.1 + hold) == (True, False)  # the hold ran out
+
+
+def test_current_names_the_open_segment_only(embedder, turns):
+    """What an early transcription of a clustered channel is filed under: the speaker the
+    windows of the open segment name so far, and nothing for another segment."""
+    pcm, bounds = turns
+    det = _two_resolutions(embedder)
+    first = pcm[: int(bounds[0] * SR)]  # one voice
+    assert det.current(0.0) is None  # nothing seen yet
+    _run(det, first)
+    who = det.current(0.0)
+    assert who is not None
+    assert det.current(5.0) is None  # not the open segment
+    assert det.finish(0.0, first) == who
