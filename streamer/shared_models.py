@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import logging
 import os
 import threading
 from collections.abc import Callable
@@ -32,8 +31,6 @@ from types import ModuleType
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 #: largest difference from the PyTorch network accepted when an exported graph is loaded

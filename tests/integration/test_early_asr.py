@@ -20,19 +20,20 @@ SENTENCES = [
 ]
 
 
-def _run(path: Path, early_ms: int) -> Any:
+def _run(path: Path, early_ms: int, **sections: dict[str, Any]) -> Any:
+    """The pipeline over ``path`` with ``vad.early_asr_ms`` = ``early_ms``; by default one
+    speaker per channel, English, real-time pace (``sections`` replace whole sections)."""
     from emomon.services.pipeline import Pipeline, build_source
     from emomon.services.worker import FusionWorker
 
-    settings = Settings.model_validate(
-        {
-            "console": {"enabled": False},
-            "speakers": {"mode": "channel"},
-            "asr": {"language": "en"},
-            "source": {"realtime": True},
-            "vad": {"early_asr_ms": early_ms},
-        }
-    )
+    config: dict[str, Any] = {
+        "console": {"enabled": False},
+        "speakers": {"mode": "channel"},
+        "asr": {"language": "en"},
+        "source": {"realtime": True},
+        "vad": {"early_asr_ms": early_ms},
+    }
+    settings = Settings.model_validate({**config, **sections})
 
     async def main() -> Any:
         pipeline = Pipeline(settings, [], worker=FusionWorker(settings.worker))
@@ -64,29 +65,17 @@ def test_early_transcripts_on_a_channel_with_two_voices() -> None:
     """A mono call (speakers clustered): the draft's speaker is the one the turn detector's
     windows name so far; a segment that closes at the pause with that label keeps the early
     transcript, and every event is the same as without early transcription."""
-    from emomon.services.pipeline import Pipeline, build_source
-    from emomon.services.worker import FusionWorker
 
     def run(early_ms: int) -> Any:
-        settings = Settings.model_validate(
-            {
-                "console": {"enabled": False},
-                "speakers": {"mode": "cluster", "num_speakers": 2},
-                # greedy, one at a time: a fast replay's texts must not depend on which
-                # utterances happen to meet in the ASR (the beam adapts to load)
-                "asr": {"language": "en", "beam_size": 1, "batch_max": 1},
-                "vad": {"early_asr_ms": early_ms},
-            }
+        return _run(
+            CALL_WAV,
+            early_ms,
+            speakers={"mode": "cluster", "num_speakers": 2},
+            # greedy, one at a time: a fast replay's texts must not depend on which utterances
+            # happen to meet in the ASR (the beam adapts to load)
+            asr={"language": "en", "beam_size": 1, "batch_max": 1},
+            source={"realtime": False},
         )
-
-        async def main() -> Any:
-            pipeline = Pipeline(settings, [], worker=FusionWorker(settings.worker))
-            try:
-                return await pipeline.run([("call", build_source(str(CALL_WAV), settings))])
-            finally:
-                pipeline.close()
-
-        return asyncio.run(main())
 
     off, on = run(0), run(150)
     assert off.early_asr == 0
