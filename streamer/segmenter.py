@@ -302,20 +302,19 @@ class Segmenter:
 
     def turn_questions(self) -> list[TurnQuestion]:
         """The questions channels left since the last call (at most one per channel)."""
-        out = []
-        for st in self._channels.values():
-            if st.question is not None:
-                out.append(st.question)
-                st.question = None
-        return out
+        return self._take("question")
 
     def drafts(self) -> list[Draft]:
         """The drafts channels left since the last call (at most one per channel)."""
+        return self._take("draft")
+
+    def _take(self, attr: str) -> list:  # type: ignore[type-arg]
+        """Each channel's ``attr`` that is set, cleared as it is taken."""
         out = []
         for st in self._channels.values():
-            if st.draft is not None:
-                out.append(st.draft)
-                st.draft = None
+            if (item := getattr(st, attr)) is not None:
+                out.append(item)
+                setattr(st, attr, None)
         return out
 
     def close_turn(self, question: TurnQuestion) -> SpeechSegment | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from types import ModuleType
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 #: largest difference from the PyTorch network accepted when an exported graph is loaded
@@ -142,6 +145,32 @@ def trace_frozen(net: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module
         traced = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False).eval())
         traced(example)  # a graph that cannot run is not kept
     return traced
+
+
+def fastest_forward(
+    net: torch.nn.Module,
+    example: torch.Tensor,
+    name: str,
+    weights: Path,
+    dynamic_axes: dict[str, dict[int, str]],
+    what: str,
+    runtime: str = "auto",
+    device: str = "cpu",
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """``net`` (eager, eval mode) in the cheapest form that works here, and which one:
+    ONNX Runtime on the CPU with ``runtime="auto"`` (:func:`onnx_forward`), else a traced and
+    frozen TorchScript graph (:func:`trace_frozen`), else the eager network; each failure is
+    one WARNING naming ``what``. Returns (forward, "onnx" | "torchscript" | "eager")."""
+    if runtime == "auto" and device == "cpu":
+        try:
+            return onnx_forward(net, example, name, weights, dynamic_axes), "onnx"
+        except Exception as e:  # noqa: BLE001 - the PyTorch network still works
+            log.warning("%s runs in PyTorch: no ONNX Runtime graph (%s)", what, e)
+    try:
+        return trace_frozen(net, example), "torchscript"
+    except Exception as e:  # noqa: BLE001 - the eager network still works
+        log.warning("%s could not be traced, using it eager: %s", what, e)
+    return net, "eager"
 
 
 def onnx_forward(

