@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,6 +185,14 @@ async def run_parallel(
 
 
 DETECTORS: list = []  # every TurnDetector the sessions create, for their counters
+
+
+def lid_counts(transcriber: Any) -> tuple[float, float, float, float]:
+    """The language detector's calls, seconds, skipped and deferred measurements so far."""
+    det, q = transcriber.detector, transcriber._lid
+    if det is None or q is None:
+        return 0.0, 0.0, 0.0, 0.0
+    return float(det.calls), float(det.seconds), float(q.skipped), float(q.deferred)
 
 
 def watch_detectors() -> None:
@@ -374,6 +383,7 @@ def main() -> int:
         if eot is not None:
             pause = (base.vad.end_of_turn_pause_ms or EOT_ON_PAUSE_MS) if eot else 0
             run_extra = {**extra, "vad": {**extra.get("vad", {}), "end_of_turn_pause_ms": pause}}
+        lid0 = lid_counts(transcriber)
         events, sink_ms = asyncio.run(
             run_parallel(
                 n, transcriber, worker, args.speakers, run_extra, args.dashboard, args.staggered
@@ -389,6 +399,14 @@ def main() -> int:
             f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
             f"  | {' ' * 19}{stage_cols} | {turn_counts()} | {eot_counts()} | {worst:5.3f}"
         )
+        if transcriber.detector is not None:
+            calls, secs, skipped, deferred = (
+                b - a for a, b in zip(lid0, lid_counts(transcriber), strict=True)
+            )
+            print(
+                f"   language detector: {calls:.0f} calls ({secs:.1f} s); {skipped:.0f} "
+                f"utterances not measured ({deferred:.0f} of them while the process was loaded)"
+            )
         if args.by_time:
             # every session replays the same call in step: where in the call is the tail?
             for lo in range(0, int(max(e.end_s for e in events)) + 1, args.by_time):

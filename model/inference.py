@@ -116,6 +116,7 @@ class EmotionModel:
         self.quantized = False
         self.param_counts: dict[str, int] = {}
         self._expert_window = WhisperWindow.parse(self.expert.cfg.recipe) if self.expert else None
+        self._expert_fe: AudioFrontEnd | None = None  # Whisper for the expert, made when needed
 
     @property
     def frames_recipe(self) -> str:
@@ -271,8 +272,10 @@ class EmotionModel:
         audio = np.asarray(inp.audio, dtype=np.float32).reshape(-1)
         frames = inp.whisper_frames
         if frames is None or np.asarray(frames).shape[0] == 0:
-            assert self._expert_window is not None and self.audio_fe is not None
-            frames = encode_whisper(self.audio_fe.whisper, audio, self._expert_window)[2]
+            assert self._expert_window is not None
+            if self._expert_fe is None:  # a text-only utterance network has no audio front-end
+                self._expert_fe = self.audio_fe or AudioFrontEnd(self.cfg)
+            frames = encode_whisper(self._expert_fe.whisper, audio, self._expert_window)[2]
         return clip_stats(np.asarray(frames, dtype=np.float32)), clip_meta(audio)
 
     def _speaker_reference(

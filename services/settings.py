@@ -299,6 +299,11 @@ class AsrSettings(_Section):
         le=3600.0,
         description="a settled stream's language is measured again after this much speech",
     )
+    lid_defer_under_load: bool = Field(
+        _ASR.lid_defer_under_load,
+        description="a stream already measured for 2 s is measured again only while the "
+        "process keeps up (no utterances waiting at the ASR, turn detection not lagging)",
+    )
     min_pitched_ratio: float = Field(
         _ASR.min_pitched_ratio,
         ge=0.0,

@@ -178,7 +178,10 @@ class DetectorQueue:
     (``benchmarks/bench_pipeline.py --parallel 8``, 2026-12-07). So a stream that the detector
     has heard enough of (:meth:`StreamLanguage.may_skip`) is measured only when the detector is
     free; otherwise it keeps its current guess for this utterance (counted in ``skipped``) and
-    is measured on a later one that finds the detector idle."""
+    is measured on a later one that finds the detector idle. Such a stream also waits while
+    the process is loaded (``defer``: several utterances at the ASR, or turn detection lagging
+    the audio): at 8 staggered calls the detector otherwise kept about a core busy re-measuring
+    streams it had already heard (README, round 11)."""
 
     def __init__(self, detect: Callable[[np.ndarray], dict[str, float]]):
         self._detect = detect
@@ -186,12 +189,17 @@ class DetectorQueue:
         self._lock = threading.Lock()
         self.busy = 0  # calls running or queued
         self.skipped = 0  # utterances not measured because the detector was busy
+        self.deferred = 0  # ... because the process was loaded (of ``skipped``)
 
-    def submit(self, audio: np.ndarray, may_skip: bool) -> Future[dict[str, float]] | None:
-        """Start measuring ``audio``; None (not measured) when busy and ``may_skip``."""
+    def submit(
+        self, audio: np.ndarray, may_skip: bool, defer: bool = False
+    ) -> Future[dict[str, float]] | None:
+        """Start measuring ``audio``; None (not measured) when ``may_skip`` and the detector is
+        busy or the caller says the process is loaded (``defer``)."""
         with self._lock:
-            if self.busy and may_skip:
+            if may_skip and (self.busy or defer):
                 self.skipped += 1
+                self.deferred += int(not self.busy)
                 return None
             self.busy += 1
 

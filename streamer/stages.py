@@ -85,12 +85,21 @@ class LoadSignal:
 
     def __init__(self) -> None:
         self.far_at = float("-inf")  # wall time at which some session was last far behind
+        self.behind_at = float("-inf")  # ... last behind at all
 
     def level(self, lag_ms: float, max_lag_ms: float, now: float) -> tuple[bool, bool]:
         """(fine, far behind) for a session that lags the audio by ``lag_ms`` now."""
+        if lag_ms > max_lag_ms:
+            self.behind_at = now
         if lag_ms > self.FAR_FACTOR * max_lag_ms:
             self.far_at = now
         return lag_ms <= max_lag_ms, now - self.far_at <= self.HOLD_S
+
+    def behind(self, now: float | None = None) -> bool:
+        """Whether some session lagged the audio within the last ``HOLD_S``: the process is
+        loaded, so optional work (a language re-measurement) waits for a quieter moment."""
+        now = time.time() if now is None else now
+        return now - self.behind_at <= self.HOLD_S
 
 
 #: shared by every session of the process (they share its CPU)
@@ -269,6 +278,7 @@ async def utterances(
     """
     segmenter = Segmenter(config.vad)
     end_of_turn = EndOfTurn(config.vad)
+    transcriber.load_hint = LOAD.behind  # turn detection lagging: no optional language checks
     speakers = SpeakerStage(config.speakers, source, config.torch_threads)
     # A per-run part keeps utterance (and so event) ids unique when a live session restarts.
     run_id = uuid.uuid4().hex[:8]

@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -133,6 +134,9 @@ class Transcriber:
         self.foreign = 0  # utterances not decoded: another language than the model's
         self._pending = 0  # transcribe() calls not finished yet (the load, for the beam)
         self._speculative = 0  # ... of early transcriptions (not counted as load for the beam)
+        # whether the process is loaded beyond this ASR (turn detection lagging the audio); set
+        # by the pipeline. Loaded, a stream's optional language measurements wait (DetectorQueue)
+        self.load_hint: Callable[[], bool] | None = None
         self.beams: dict[int, int] = {}  # beam width -> utterances decoded with it
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="asr")
         self._lid = DetectorQueue(self.detector.detect) if self.detector is not None else None
@@ -242,10 +246,14 @@ class Transcriber:
         # English-only model: the detector runs beside the encoder and decoder (its own thread),
         # so it adds no latency on a free core; what it finds is applied after the decode
         lid: dict[int, Any] = {}
+        loaded = cfg.lid_defer_under_load and (
+            busy or (self.load_hint is not None and self.load_hint())
+        )
         for i in ok:
             if self.detector is None or noise[i] or not sts[i].wants_measurement():  # type: ignore[union-attr]
                 continue
-            if (job := self._lid.submit(audios[i], sts[i].may_skip())) is not None:  # type: ignore[union-attr]
+            job = self._lid.submit(audios[i], sts[i].may_skip(), defer=loaded)  # type: ignore[union-attr]
+            if job is not None:
                 lid[i] = job
         encoded: dict[int, Any] = {}
         groups: list[Any] = []

@@ -90,3 +90,36 @@ def test_a_busy_detector_skips_only_streams_it_has_heard_enough_of():
     finally:
         release.set()
         q.close()
+
+
+def test_a_loaded_process_defers_only_streams_it_has_heard_enough_of():
+    """``defer`` (the process is loaded) holds back re-measurements of streams the detector
+    has heard for SKIP_AFTER_S, even when the detector is free; a new stream is still measured."""
+    import numpy as np
+
+    from emomon.streamer.language import SKIP_AFTER_S, DetectorQueue
+
+    q = DetectorQueue(lambda audio: {"en": 1.0})
+    try:
+        new, heard = StreamLanguage(6.0, 30.0), StreamLanguage(6.0, 30.0)
+        heard.add(probs("en", 0.9), SKIP_AFTER_S)
+        assert q.submit(np.zeros(1), heard.may_skip(), defer=True) is None
+        assert (q.skipped, q.deferred) == (1, 1)
+        job = q.submit(np.zeros(1), new.may_skip(), defer=True)
+        assert job is not None and job.result(5) == {"en": 1.0}
+        assert q.submit(np.zeros(1), heard.may_skip(), defer=False) is not None
+        assert (q.skipped, q.deferred) == (1, 1)
+    finally:
+        q.close()
+
+
+def test_the_load_signal_says_behind_for_hold_s_after_any_lag():
+    from emomon.streamer.stages import LoadSignal
+
+    load = LoadSignal()
+    assert not load.behind(100.0)
+    assert load.level(200.0, 300.0, 100.0) == (True, False)  # keeping up
+    assert not load.behind(100.0)
+    assert load.level(400.0, 300.0, 100.0) == (False, False)  # behind, not far
+    assert load.behind(100.0) and load.behind(100.0 + LoadSignal.HOLD_S)
+    assert not load.behind(100.0 + LoadSignal.HOLD_S + 0.1)

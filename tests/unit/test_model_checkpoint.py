@@ -90,3 +90,29 @@ def test_emotion_model_predict_with_missing_modalities(tiny_net, tmp_path) -> No
     alone = [fp32.predict([x])[0] for x in batch]
     for a, b in zip(together, alone, strict=True):
         assert a.label == b.label and abs(a.confidence - b.confidence) < 1e-5
+
+
+def test_text_only_network_with_the_audio_expert_reads_raw_audio(tmp_path) -> None:
+    """A text-only utterance network (e.g. a larger text encoder, trained with ``--variant
+    text_only``) next to the shipped audio expert and gate: PCM without precomputed frames
+    makes the expert compute its own Whisper frames (it once asserted on the missing audio
+    front-end)."""
+    import shutil
+
+    from emomon.model.checkpoint import DEFAULT_CHECKPOINT
+
+    enc = make_tiny_text_encoder(tmp_path / "tiny-bert")
+    cfg = tiny_config(enc, modalities=("text",))
+    torch.manual_seed(0)
+    save_checkpoint(build_net(cfg, TextFrontEnd(cfg)).eval(), tmp_path / "ck")
+    for name in ("audio_expert.json", "audio_expert.safetensors", "gate.json"):
+        shutil.copy(DEFAULT_CHECKPOINT / name, tmp_path / "ck" / name)
+    model = EmotionModel.load(tmp_path / "ck", context=False)
+    assert model.fusion == "gated" and model.audio_fe is None
+    t = np.arange(16000 * 2) / 16000
+    voice = (0.2 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(
+        np.float32
+    )
+    [p] = model.predict([EmotionInput(text="I am fine, thanks.", audio=voice)])
+    assert p.modalities == ("text", "audio") and p.audio_weight is not None
+    assert abs(sum(p.probabilities.values()) - 1.0) < 1e-4
