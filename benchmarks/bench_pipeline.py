@@ -405,7 +405,7 @@ def main() -> int:
             )
             print(
                 f"   language detector: {calls:.0f} calls ({secs:.1f} s); {skipped:.0f} "
-                f"utterances not measured ({deferred:.0f} of them while the process was loaded)"
+                f"utterances not measured ({deferred:.0f} put off by load with the detector free)"
             )
         if args.by_time:
             # every session replays the same call in step: where in the call is the tail?

@@ -52,7 +52,11 @@ def quantized(encoder, scheme: str):  # noqa: ANN001, ANN201 - torch modules
         n
         for n, m in enc.named_modules()
         if isinstance(m, torch.nn.Linear)
-        and not (scheme == "int8-ffn-fp32" and n.endswith("output.dense"))
+        and not (
+            scheme == "int8-ffn-fp32"
+            and n.endswith(".output.dense")
+            and not n.endswith("attention.output.dense")  # BERT's attention projection
+        )
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -68,6 +72,8 @@ def main() -> int:
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
+    if args.repeats < 4:
+        ap.error("--repeats must be at least 4 (the first three rounds are warm-up)")
 
     import torch
     from sklearn.metrics import f1_score

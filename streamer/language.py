@@ -41,6 +41,11 @@ SAMPLE_RATE_HZ = 16_000
 MEMORY_S = 60.0
 #: measured speech after which a busy detector may skip a stream's utterance (``may_skip``)
 SKIP_AFTER_S = 2.0
+#: a loaded process puts off measuring a stream only while its language holds this share of
+#: its evidence (the prior included) ...
+DEFER_MIN_P = 0.8
+#: ... and only until this much of its speech went unmeasured
+DEFER_MAX_S = 6.0
 #: how long an utterance waits for the evidence of the stream's earlier ones
 ORDER_WAIT_S = 5.0
 
@@ -99,6 +104,18 @@ class StreamLanguage:
         its first words are not written in the wrong language)."""
         with self._cond:
             return self.measured_s >= SKIP_AFTER_S
+
+    def may_defer(self) -> bool:
+        """Whether a loaded process may put off measuring this stream's next utterance: it was
+        heard for ``SKIP_AFTER_S``, its language is clear (``DEFER_MIN_P``), and less than
+        ``DEFER_MAX_S`` of its speech went unmeasured since. An unclear stream (a foreign one
+        whose first words left the English prior ahead) is measured whenever the detector is
+        free, and none goes unmeasured for long."""
+        with self._cond:
+            if self.measured_s < SKIP_AFTER_S or self.since_check_s >= DEFER_MAX_S:
+                return False
+            guess = self._guess(False)
+            return guess is not None and guess.probability >= DEFER_MIN_P
 
     def current(self) -> LanguageGuess | None:
         """The stream's guess now, adding nothing."""
@@ -178,24 +195,26 @@ class DetectorQueue:
     (``benchmarks/bench_pipeline.py --parallel 8``, 2026-12-07). So a stream that the detector
     has heard enough of (:meth:`StreamLanguage.may_skip`) is measured only when the detector is
     free; otherwise it keeps its current guess for this utterance (counted in ``skipped``) and
-    is measured on a later one that finds the detector idle. Such a stream also waits while
-    the process is loaded (``defer``: several utterances at the ASR, or turn detection lagging
-    the audio): at 8 staggered calls the detector otherwise kept about a core busy re-measuring
-    streams it had already heard (README, round 11)."""
+    is measured on a later one that finds the detector idle. While the process is loaded
+    (several utterances at the ASR, or turn detection lagging the audio) the caller also passes
+    ``defer`` for streams whose language is clear (:meth:`StreamLanguage.may_defer`): they are
+    not measured even by a free detector. At 8 staggered calls the detector otherwise kept about
+    a core busy measuring streams it had already heard (README, round 11)."""
 
     def __init__(self, detect: Callable[[np.ndarray], dict[str, float]]):
         self._detect = detect
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lid")
         self._lock = threading.Lock()
         self.busy = 0  # calls running or queued
-        self.skipped = 0  # utterances not measured because the detector was busy
-        self.deferred = 0  # ... because the process was loaded (of ``skipped``)
+        self.skipped = 0  # utterances not measured: the detector was busy, or ``defer``
+        self.deferred = 0  # ... of them put off by ``defer`` while the detector was free
 
     def submit(
         self, audio: np.ndarray, may_skip: bool, defer: bool = False
     ) -> Future[dict[str, float]] | None:
         """Start measuring ``audio``; None (not measured) when ``may_skip`` and the detector is
-        busy or the caller says the process is loaded (``defer``)."""
+        busy, or when the caller puts the measurement off (``defer``: the process is loaded and
+        the stream's language is clear)."""
         with self._lock:
             if may_skip and (self.busy or defer):
                 self.skipped += 1

@@ -250,9 +250,11 @@ class Transcriber:
             busy or (self.load_hint is not None and self.load_hint())
         )
         for i in ok:
-            if self.detector is None or noise[i] or not sts[i].wants_measurement():  # type: ignore[union-attr]
+            st = sts[i]
+            if self.detector is None or st is None or noise[i] or not st.wants_measurement():
                 continue
-            job = self._lid.submit(audios[i], sts[i].may_skip(), defer=loaded)  # type: ignore[union-attr]
+            # loaded: a stream whose language is clear is not measured now (DetectorQueue)
+            job = self._lid.submit(audios[i], st.may_skip(), defer=loaded and st.may_defer())  # type: ignore[union-attr]
             if job is not None:
                 lid[i] = job
         encoded: dict[int, Any] = {}

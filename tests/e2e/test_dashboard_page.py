@@ -52,6 +52,8 @@ async def watch(url: str, proc: subprocess.Popen, shot: Path) -> dict:
             # arrive between two polls
             if len(set(state["lanes"])) >= 2 and state["events"] >= 8 and state["trends"] >= 2:
                 break
+            # "false" only once the page has heard from emomon: before its first snapshot it
+            # says "unknown" (connecting), which a cold first start can keep for a while
             if state["live"] == "false" or proc.poll() is not None:
                 pytest.fail(f"the call ended before the page showed enough: {state}")
             await asyncio.sleep(0.5)

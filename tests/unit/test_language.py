@@ -123,3 +123,51 @@ def test_the_load_signal_says_behind_for_hold_s_after_any_lag():
     assert load.level(400.0, 300.0, 100.0) == (False, False)  # behind, not far
     assert load.behind(100.0) and load.behind(100.0 + LoadSignal.HOLD_S)
     assert not load.behind(100.0 + LoadSignal.HOLD_S + 0.1)
+
+
+def test_the_transcriber_puts_off_clear_streams_only_while_loaded(call_pcm):
+    """The wiring: the real transcriber asks a (stub) detector about a stream heard for 3 s
+    unless the process is loaded (``load_hint``) and the stream's language is clear; with
+    ``asr.lid_defer_under_load = false`` load changes nothing; an unclear stream is always
+    measured when the detector is free."""
+    import numpy as np
+
+    from emomon.streamer.language import DetectorQueue
+    from emomon.streamer.transcriber import Transcriber, TranscriberConfig
+
+    # a stretch of the call's speech (int16 -> float)
+    speech = call_pcm[int(10.0 * 16000) : int(13.0 * 16000)].astype(np.float32) / 32768.0
+    for defer_on in (True, False):
+        tr = Transcriber(TranscriberConfig(lid_defer_under_load=defer_on, lid_settle_s=30.0))
+        calls: list[int] = []
+        tr._lid.close()  # type: ignore[union-attr]
+        tr._lid = DetectorQueue(lambda a, calls=calls: calls.append(a.size) or {"en": 0.95})
+        try:
+            tr._stream("s/clear").add(probs("en", 0.95), 3.0)
+            tr._stream("s/unclear").add(probs("es", 0.5), 3.0)  # en 1.0 : es 1.5 : xx 1.5
+            tr.load_hint = lambda: True
+            tr.transcribe_batch_sync([speech], ["s/clear"])
+            assert len(calls) == (0 if defer_on else 1)
+            assert tr._lid.deferred == (1 if defer_on else 0)
+            tr.transcribe_batch_sync([speech], ["s/unclear"])
+            assert len(calls) == (1 if defer_on else 2)
+            tr.load_hint = lambda: False
+            tr.transcribe_batch_sync([speech], ["s/clear"])
+            assert len(calls) == (2 if defer_on else 3)
+        finally:
+            tr.close()
+
+
+def test_a_clear_stream_is_put_off_for_at_most_defer_max_s_of_its_speech():
+    from emomon.streamer.language import DEFER_MAX_S, SKIP_AFTER_S
+
+    st = StreamLanguage(6.0, 30.0)
+    assert not st.may_defer()  # not heard yet
+    st.add(probs("en", 0.95), SKIP_AFTER_S)
+    assert st.may_defer()
+    st.add(None, DEFER_MAX_S - 0.5)  # unmeasured speech
+    assert st.may_defer()
+    st.add(None, 0.5)
+    assert not st.may_defer()  # measured again on its next utterance
+    st.add(probs("en", 0.95), 1.0)
+    assert st.may_defer()

@@ -10,6 +10,7 @@ const TRANSCRIPT_LINES = 5;
 const dict = () => Object.create(null);
 const model = { sessions: dict(), status: {}, rules: [], history: 500 };
 let pageConnected = false;
+let everConnected = false; // before the first snapshot the page is connecting, not "lost"
 let pending = false;
 
 function el(tag, attrs, ...children) {
@@ -98,14 +99,14 @@ function renderHeader() {
   const st = model.status || {};
   document.getElementById("source").textContent = st.source ? `source: ${st.source}` : "";
   const live = document.getElementById("live");
-  live.textContent = st.live ? "live" : "ended";
+  live.textContent = !everConnected ? "connecting" : st.live ? "live" : "ended";
   live.className = "pill" + (st.live ? " live" : "");
-  document.body.dataset.live = String(!!st.live);
+  document.body.dataset.live = everConnected ? String(!!st.live) : "unknown";
   document.body.dataset.connected = String(pageConnected && st.connected !== false);
   document.getElementById("detail").textContent = st.detail || "";
   const banner = document.getElementById("banner");
   let msg = "";
-  if (!pageConnected) msg = "Connection to emomon lost; reconnecting…";
+  if (!pageConnected) msg = everConnected ? "Connection to emomon lost; reconnecting…" : "Connecting to emomon…";
   else if (st.connected === false) msg = `Disconnected from the event source; reconnecting… ${st.detail || ""}`;
   banner.textContent = msg;
   banner.hidden = !msg;
@@ -223,7 +224,11 @@ function render() {
 
 function connect() {
   const es = new EventSource("/api/stream");
-  es.addEventListener("snapshot", (e) => { pageConnected = true; loadSnapshot(JSON.parse(e.data)); schedule(); });
+  es.addEventListener("snapshot", (e) => {
+    pageConnected = everConnected = true;
+    loadSnapshot(JSON.parse(e.data));
+    schedule();
+  });
   es.addEventListener("emotion", (e) => { addEvent(JSON.parse(e.data)); schedule(); });
   es.addEventListener("trend", (e) => { const t = JSON.parse(e.data); speaker(t.session, t.speaker).trend = t; schedule(); });
   es.addEventListener("alert", (e) => { addAlert(JSON.parse(e.data)); schedule(); });
