@@ -301,8 +301,9 @@ class AsrSettings(_Section):
     )
     lid_defer_under_load: bool = Field(
         _ASR.lid_defer_under_load,
-        description="a stream already measured for 2 s is measured again only while the "
-        "process keeps up (no utterances waiting at the ASR, turn detection not lagging)",
+        description="while the process is loaded (utterances waiting at the ASR, turn "
+        "detection lagging), a stream whose language is clear (heard for 2 s, p >= 0.8, "
+        "measured within its last 6 s of speech) is not measured again",
     )
     min_pitched_ratio: float = Field(
         _ASR.min_pitched_ratio,

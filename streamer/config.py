@@ -111,9 +111,9 @@ class TranscriberConfig:
     lid_model: str = "base"  # multilingual Whisper that detects the language for tiny.en
     lid_settle_s: float = 6.0  # a stream's speech measured before its language is settled
     lid_recheck_s: float = 30.0  # then measured again after this much more of its speech
-    # a stream measured for 2 s already is measured again only while the process keeps up
-    # (no utterances waiting at the ASR, turn detection not lagging); false: whenever the
-    # detector is free (round 10)
+    # while the process is loaded (utterances waiting at the ASR, turn detection lagging), a
+    # stream whose language is clear (StreamLanguage.may_defer) is not measured; false: it is
+    # measured whenever the detector is free, as up to round 10
     lid_defer_under_load: bool = True
     min_pitched_ratio: float = 0.1  # below: the segment is noise, not speech (speech_check.py)
     batch_max: int = 8  # utterances per Whisper call across sessions (1 = no batching)
