@@ -37,9 +37,36 @@ SENTENCES = {
     "de": ["Können Sie mir sagen, wann der nächste Zug in die Stadt fährt?", "Ich weiß nicht."],
     "fr": ["Pouvez-vous me dire quand part le prochain train pour la ville?", "Je ne sais pas."],
 }
+# --windows also reads these (more utterances per language, for comparing detection windows)
+MORE_SENTENCES = {
+    "en": [
+        "My order has not arrived yet, and I would like to know why.",
+        "Yes, that is fine.",
+        "Thank you very much for your help today.",
+        "Can you send me the invoice by email, please?",
+    ],
+    "es": [
+        "Mi pedido todavía no ha llegado y quisiera saber por qué.",
+        "Sí, está bien.",
+        "Muchas gracias por su ayuda hoy.",
+        "¿Me puede enviar la factura por correo electrónico, por favor?",
+    ],
+    "de": [
+        "Meine Bestellung ist noch nicht angekommen, und ich möchte wissen, warum.",
+        "Ja, das ist in Ordnung.",
+        "Vielen Dank für Ihre Hilfe heute.",
+        "Können Sie mir die Rechnung bitte per E-Mail schicken?",
+    ],
+    "fr": [
+        "Ma commande n'est pas encore arrivée et je voudrais savoir pourquoi.",
+        "Oui, c'est bien.",
+        "Merci beaucoup pour votre aide aujourd'hui.",
+        "Pouvez-vous m'envoyer la facture par courriel, s'il vous plaît?",
+    ],
+}
 
 
-def espeak_clips() -> list[tuple[str, np.ndarray]]:
+def espeak_clips(more: bool = False) -> list[tuple[str, np.ndarray]]:
     from emomon.model.audio import decode_audio
 
     if shutil.which("espeak-ng") is None:
@@ -48,6 +75,7 @@ def espeak_clips() -> list[tuple[str, np.ndarray]]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for lang, texts in SENTENCES.items():
+            texts = texts + (MORE_SENTENCES[lang] if more else [])
             for i, text in enumerate(texts):
                 p = Path(tmp) / f"{lang}{i}.wav"
                 voice = "en-us" if lang == "en" else lang
@@ -63,6 +91,13 @@ def main() -> int:
     ap.add_argument("--ravdess", type=Path)
     ap.add_argument("--tess", type=Path)
     ap.add_argument("--n", type=int, default=40)
+    ap.add_argument(
+        "--windows",
+        nargs="+",
+        help="compare detection windows instead (WhisperWindow specs such as 10+0/-23, the "
+        "shipped one, or 6+2/-23): per set, ms per call, top-1 right, mean probability of the "
+        "right language; more espeak-ng sentences per language",
+    )
     args = ap.parse_args()
 
     from emomon.streamer.language import StreamLanguage
@@ -74,11 +109,15 @@ def main() -> int:
     sets: dict[str, list[tuple[str, np.ndarray]]] = {}
     for corpus, audio, _ in items(args.ravdess, args.tess, args.n):
         sets.setdefault(corpus, []).append(("en", audio))
-    for lang, audio in espeak_clips():
+    for lang, audio in espeak_clips(more=bool(args.windows)):
         sets.setdefault("espeak-" + lang, []).append((lang, audio))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
+    if args.windows:
+        compare_windows(det.model, sets, args.windows)
+        tr.close()
+        return 0
     print("detector: Whisper base int8, 1 thread, window max(10 s, speech), first 8 s\n")
     det.detect(sets["call"][0][1])  # warm-up
     print(
@@ -116,6 +155,36 @@ def main() -> int:
     )
     tr.close()
     return 0
+
+
+def compare_windows(model, sets: dict[str, list[tuple[str, np.ndarray]]], specs: list[str]) -> None:
+    """Each detection window on every set: ms per call, top-1 right, mean p(right language).
+    The call is printed for information; choose on the other sets."""
+    from emomon.model.audio import WhisperWindow, encode_whisper
+    from emomon.streamer.language import DETECT_MAX_S, language_probs
+
+    print("detector: Whisper base int8, 1 thread, first 8 s of each utterance\n")
+    print(
+        f"{'window':<10} {'set':<11} {'utts':>4} {'mean s':>6} {'ms mean':>7} {'top ok':>6} {'p right':>7}"
+    )
+    for spec in specs:
+        window = WhisperWindow.parse(spec)
+        encode_whisper(model, sets["call"][0][1], window)  # warm-up
+        for name, clips in sets.items():
+            ms, ok, p = [], 0, []
+            for lang, audio in clips:
+                t0 = time.perf_counter()
+                _, enc, _ = encode_whisper(model, audio[: int(DETECT_MAX_S * 16000)], window)
+                probs = language_probs(model, enc)[0]
+                ms.append((time.perf_counter() - t0) * 1000)
+                ok += max(probs, key=probs.__getitem__) == lang
+                p.append(probs.get(lang, 0.0))
+            dur = np.mean([a.size for _, a in clips]) / 16000
+            print(
+                f"{spec:<10} {name:<11} {len(clips):4d} {dur:6.1f} {np.mean(ms):7.0f} "
+                f"{ok / len(clips):6.2f} {np.mean(p):7.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

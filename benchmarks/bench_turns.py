@@ -137,13 +137,33 @@ async def detect(
     return out, time.perf_counter() - t0
 
 
+def cut_errors(
+    turns: list[tuple[float, float, str]], out: list[tuple[float, float, str, float]]
+) -> list[float]:
+    """For each reference speaker change (the middle of the gap between two turns of different
+    speakers), the distance (s) to the nearest segment boundary of the output (a segment's
+    start after the first); ``inf`` where none lies within ``CUT_SEARCH_S``."""
+    bounds = np.array([s for s, *_ in out[1:]])
+    errs = []
+    for (_, end, who), (start, _, nxt) in zip(turns, turns[1:], strict=False):
+        if who == nxt:
+            continue
+        change = (end + start) / 2
+        d = float(np.min(np.abs(bounds - change))) if bounds.size else np.inf
+        errs.append(d if d <= CUT_SEARCH_S else np.inf)
+    return errs
+
+
+CUT_SEARCH_S = 1.0
+
+
 def score(
     items: list[tuple[Path, list]], over: dict, counts: dict[str, int] | None = None
-) -> tuple[float, float, int, list[float], float]:
+) -> tuple[float, float, int, list[float], float, list[float]]:
     sys.path.insert(0, str(ROOT))
     from tests.helpers.scoring import speaker_agreement
 
-    agree, worst, segs, late, wall = [], 1.0, 0, [], 0.0
+    agree, worst, segs, late, wall, errs = [], 1.0, 0, [], 0.0, []
     for path, turns in items:
         out, dt = asyncio.run(detect(path, over, counts))
         a = speaker_agreement(turns, [(s, e, w) for s, e, w, _ in out]) if out else 0.0
@@ -152,7 +172,17 @@ def score(
         segs += len(out)
         late += [h for *_, h in out]
         wall += dt
-    return float(np.mean(agree)), worst, segs, late, wall
+        errs += cut_errors(turns, out)
+    return float(np.mean(agree)), worst, segs, late, wall, errs
+
+
+def cut_summary(errs: list[float]) -> str:
+    """Reference changes with a boundary within 1 s: median / p90 distance in ms, how many."""
+    found = [e for e in errs if np.isfinite(e)]
+    if not found:
+        return f"{'-':>13} 0/{len(errs)}"
+    p50, p90 = np.percentile(found, [50, 90]) * 1000
+    return f"{p50:5.0f}/{p90:4.0f} ms {len(found):2d}/{len(errs)}"
 
 
 def main() -> int:
@@ -187,21 +217,22 @@ def main() -> int:
         )
         print(
             f"{'speakers.* overrides':<58} {'agree':>6} {'worst':>6} {'segs':>5} "
-            f"{'closed p50/p95':>15} {'wall s':>6} {'CAM++':>6} {'cuts f/s/l/veto':>15} | "
-            "call: agree segs  p50/p95"
+            f"{'closed p50/p95':>15} {'wall s':>6} {'CAM++':>6} {'cuts f/s/l/veto':>15} "
+            f"{'cut off by p50/p90, found':>25} | call: agree segs  p50/p95  cut off by"
         )
         call = [(CALL, read_rttm(CALL.with_suffix(".rttm")))]
         for item in args.settings:
             over = json.loads(item)
             counts: dict[str, int] = {}
-            a, worst, n, late, wall = score(synth, over, counts)
-            ca, _, cn, clate, _ = score(call, over)
+            a, worst, n, late, wall, errs = score(synth, over, counts)
+            ca, _, cn, clate, _, cerrs = score(call, over)
             cuts = "/".join(str(counts.get(k, 0)) for k in ("frames", "short", "long", "vetoed"))
             print(
                 f"{json.dumps(over):<58} {a:6.3f} {worst:6.3f} {n:5d} "
                 f"{np.percentile(late, 50):6.2f}/{np.percentile(late, 95):5.2f} s {wall:6.1f} "
-                f"{counts.get('cam', 0):6d} {cuts:>15} | "
-                f"{ca:5.3f} {cn:4d} {np.percentile(clate, 50):5.2f}/{np.percentile(clate, 95):4.2f} s",
+                f"{counts.get('cam', 0):6d} {cuts:>15} {cut_summary(errs):>25} | "
+                f"{ca:5.3f} {cn:4d} {np.percentile(clate, 50):5.2f}/{np.percentile(clate, 95):4.2f} s "
+                f"{cut_summary(cerrs)}",
                 flush=True,
             )
     return 0

@@ -111,6 +111,9 @@ class TranscriberConfig:
     lid_model: str = "base"  # multilingual Whisper that detects the language for tiny.en
     lid_settle_s: float = 6.0  # a stream's speech measured before its language is settled
     lid_recheck_s: float = 30.0  # then measured again after this much more of its speech
+    # the detector's encoder window (s): 8 costs a third less than the 10 of rounds 7-11 with
+    # the same answers on the dev clips (benchmarks/bench_language.py --windows, README)
+    lid_window_s: float = 8.0
     # while the process is loaded (utterances waiting at the ASR, turn detection lagging), a
     # stream whose language is clear (StreamLanguage.may_defer) is not measured; false: it is
     # measured whenever the detector is free, as up to round 10

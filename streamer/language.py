@@ -7,9 +7,12 @@ language is detected, and with an English-only model non-English speech gets no 
 **Detector: Whisper base's own language head** (the multilingual model that ships offline,
 :mod:`emomon.streamer.asr_models`). When base is the ASR model it is free: the decoder reads the
 encoder output the transcription computes anyway. With tiny.en it costs one base encoder pass on
-a 10 s window (``DETECT_WINDOW``, of at most ``DETECT_MAX_S`` of speech) plus one decoder step:
-0.17-0.6 s per call on the 2-core machine (loaded; a 4 s window is 2-3x cheaper but calls the
-call's 0.9 s "Hello?" Korean, en 0.07 vs 0.49 at 10 s and 0.80 at 30 s), so it runs per
+an 8 s window (``DETECT_WINDOW``, ``asr.lid_window_s``, of at most ``DETECT_MAX_S`` of speech)
+plus one decoder step: 0.15-0.17 s per call on the idle 2-core machine, against 0.22-0.25 s for
+the 10 s window of rounds 7-11, with the same answers on the dev clips (RAVDESS, TESS, espeak-ng
+in four languages; ``benchmarks/bench_language.py --windows``). A 4-5 s window is cheaper
+still but reads the short TESS words worse (mean p(en) 0.82-0.89 against 0.97) and calls the
+call's 0.9 s "Hello?" Korean (en 0.07 at 4 s, 0.49 at 10 s, 0.80 at 30 s). It runs per
 *stream*, not per utterance: on each utterance until ``settle_s`` seconds of a stream's speech
 agree, then once every ``recheck_s`` seconds of its speech. Short utterances say little (the
 call's first "Hello." comes out as Korean, p 0.48), so the stream's answer is the
@@ -34,7 +37,7 @@ import numpy as np
 
 from emomon.model.audio import WhisperWindow, encode_whisper
 
-DETECT_WINDOW = WhisperWindow(min_s=10.0, margin_s=0.0, level_dbfs=-23.0)
+DETECT_WINDOW = WhisperWindow(min_s=8.0, margin_s=0.0, level_dbfs=-23.0)
 DETECT_MAX_S = 8.0
 SAMPLE_RATE_HZ = 16_000
 #: evidence fades with this time constant (seconds of measured speech)
@@ -166,10 +169,16 @@ class StreamLanguage:
 
 
 class LanguageDetector:
-    """Whisper base's language head on a short encoder window of one utterance."""
+    """Whisper base's language head on a short encoder window of one utterance (``window_s``,
+    default :data:`DETECT_WINDOW`'s)."""
 
-    def __init__(self, whisper_model: Any):
+    def __init__(self, whisper_model: Any, window_s: float | None = None):
         self.model = whisper_model
+        self.window = (
+            DETECT_WINDOW
+            if window_s is None
+            else WhisperWindow(min_s=window_s, margin_s=0.0, level_dbfs=DETECT_WINDOW.level_dbfs)
+        )
         self.calls = 0
         self.seconds = 0.0
 
@@ -178,7 +187,7 @@ class LanguageDetector:
 
         t0 = time.perf_counter()
         clip = np.asarray(audio, dtype=np.float32)[: int(DETECT_MAX_S * SAMPLE_RATE_HZ)]
-        _, encoder_output, _ = encode_whisper(self.model, clip, DETECT_WINDOW)
+        _, encoder_output, _ = encode_whisper(self.model, clip, self.window)
         probs = language_probs(self.model, encoder_output)[0]
         self.calls += 1
         self.seconds += time.perf_counter() - t0

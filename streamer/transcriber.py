@@ -118,7 +118,7 @@ class Transcriber:
             )
         # English-only model and no language given: a multilingual model detects it
         self.detector = (
-            LanguageDetector(self._load(cfg.lid_model))
+            LanguageDetector(self._load(cfg.lid_model), cfg.lid_window_s)
             if cfg.language is None and not self.multilingual
             else None
         )

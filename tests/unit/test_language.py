@@ -171,3 +171,28 @@ def test_a_clear_stream_is_put_off_for_at_most_defer_max_s_of_its_speech():
     assert not st.may_defer()  # measured again on its next utterance
     st.add(probs("en", 0.95), 1.0)
     assert st.may_defer()
+
+
+def test_the_detection_window_is_a_setting_and_still_hears_english(call_pcm):
+    """``asr.lid_window_s`` reaches the real detector (8 s by default since round 12, a third
+    cheaper than 10 s); with either window Whisper base hears a stretch of the call as
+    English, and a window outside 4-30 s is a one-line settings error."""
+    import numpy as np
+    import pytest
+
+    from emomon.services.settings import SettingsError, load_settings
+    from emomon.streamer.transcriber import Transcriber, TranscriberConfig
+
+    speech = call_pcm[int(14.5 * 16000) : int(17.7 * 16000)].astype(np.float32) / 32768.0
+    for window_s in (None, 10.0):
+        cfg = TranscriberConfig() if window_s is None else TranscriberConfig(lid_window_s=window_s)
+        tr = Transcriber(cfg)
+        try:
+            assert tr.detector is not None
+            assert tr.detector.window.min_s == (window_s or 8.0)
+            got = tr.detector.detect(speech)
+            assert max(got, key=got.__getitem__) == "en" and got["en"] > 0.5
+        finally:
+            tr.close()
+    with pytest.raises(SettingsError, match="lid_window_s"):
+        load_settings(overrides={"asr": {"lid_window_s": 2}}, environ={})
