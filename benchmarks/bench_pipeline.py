@@ -20,6 +20,12 @@ instants and reach the ASR together: the worst case for bursts, and mostly the s
 concurrent calls would be (see :func:`replays`); ``--by-time S`` prints where in the call the
 tail latency comes from.
 
+``--synthetic RAVDESS_DIR`` replays synthetic conversations instead of the call (a dev set the
+load-related defaults may be chosen on; the call is the test): two RAVDESS actors take turns
+through a telephone line, as in ``bench_turns.py``; session ``j`` replays conversation ``j``
+(``--conversations`` of them, 24 by default, then again from the first), and agreement and WER
+are scored against each conversation's own turns and sentences.
+
 ``--end-of-turn both`` runs each N without the end-of-turn model (``vad.end_of_turn_pause_ms=0``)
 and with it (the settings' pause, or 150 ms where they turn it off), one after the other.
 --dashboard serves the live dashboard from the same process (as `emomon run --dashboard`) and
@@ -114,24 +120,59 @@ class OpenDashboard:
         await self.stack.aclose()
 
 
-def call_seconds() -> float:
-    import wave
+class Recording:
+    """One conversation to replay: its file, reference turns and words, and length."""
 
-    with wave.open(str(CALL)) as w:
-        return w.getnframes() / w.getframerate()
+    def __init__(self, path: Path, turns: list[tuple[float, float, str]], words: list[str]) -> None:
+        import wave
+
+        self.path, self.turns, self.words = path, turns, words
+        with wave.open(str(path)) as w:
+            self.seconds = w.getnframes() / w.getframerate()
 
 
-def replays(n: int, staggered: bool) -> tuple[list[tuple[str, object]], set[str]]:
-    """The sessions of one run, and the ones to score. In step: ``n`` replays of the call that
-    start together. Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a call later, each
-    replaying the call three times in a row as three new sessions (new speakers, new
-    language), so calls start and end at the rate ``n`` concurrent calls of this length have;
-    only the middle call of each slot is scored, which runs while all ``n`` slots are busy."""
+def the_call() -> list[Recording]:
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers.scoring import read_rttm, read_stm_words
+
+    return [
+        Recording(
+            CALL, read_rttm(CALL.with_suffix(".rttm")), read_stm_words(CALL.with_suffix(".stm"))
+        )
+    ]
+
+
+def synthetic(ravdess: Path, count: int, folder: Path) -> list[Recording]:
+    """``count`` synthetic conversations (``bench_turns.conversations``) written to ``folder``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT))
+    from bench_turns import conversations, write_wav
+
+    from tests.helpers.scoring import normalise
+
+    texts: list[list[str]] = []
+    out = []
+    for i, (x, turns) in enumerate(conversations(ravdess, count, texts=texts)):
+        path = folder / f"conv{i:02d}.wav"
+        write_wav(path, x)
+        out.append(Recording(path, turns, [w for t in texts[i] for w in normalise(t)]))
+    return out
+
+
+def replays(
+    n: int, staggered: bool, recordings: list[Recording]
+) -> tuple[list[tuple[str, object]], dict[str, Recording]]:
+    """The sessions of one run, and the ones to score with what each replays. In step: ``n``
+    replays that start together, session ``j`` playing recording ``j`` (modulo their number).
+    Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a call later, each replaying three
+    calls in a row as three new sessions (new speakers, new language), so calls start and end
+    at the rate ``n`` concurrent calls of this length have; only the middle call of each slot
+    is scored, which runs while all ``n`` slots are busy."""
     from emomon.streamer.sources.file import FileSource
 
     class LaterSource(FileSource):
-        def __init__(self, delay_s: float) -> None:
-            super().__init__(CALL, realtime=True)
+        def __init__(self, path: Path, delay_s: float) -> None:
+            super().__init__(path, realtime=True)
             self.delay_s = delay_s
 
         async def chunks(self):  # type: ignore[no-untyped-def, override]
@@ -140,15 +181,17 @@ def replays(n: int, staggered: bool) -> tuple[list[tuple[str, object]], set[str]
                 yield chunk
 
     if not staggered:
-        sessions = [(f"call-{i + 1}", FileSource(CALL, realtime=True)) for i in range(n)]
-        return sessions, {name for name, _ in sessions}  # type: ignore[misc]
-    length = call_seconds()
+        plays = {f"call-{i + 1}": recordings[i % len(recordings)] for i in range(n)}
+        sessions = [(name, FileSource(r.path, realtime=True)) for name, r in plays.items()]
+        return sessions, plays  # type: ignore[return-value]
+    length = max(r.seconds for r in recordings)
+    slots = [(i, k, recordings[(3 * i + k) % len(recordings)]) for i in range(n) for k in range(3)]
     sessions = [
-        (f"slot-{i + 1}-call-{k + 1}", LaterSource(k * length + i * length / n))
-        for i in range(n)
-        for k in range(3)
+        (f"slot-{i + 1}-call-{k + 1}", LaterSource(r.path, k * length + i * length / n))
+        for i, k, r in slots
     ]
-    return sessions, {name for name, _ in sessions if name.endswith("-call-2")}  # type: ignore[misc]
+    scored = {f"slot-{i + 1}-call-2": r for i, k, r in slots if k == 1}
+    return sessions, scored  # type: ignore[return-value]
 
 
 async def run_parallel(
@@ -159,7 +202,8 @@ async def run_parallel(
     extra: dict | None = None,
     dashboard: bool = False,
     staggered: bool = False,
-) -> tuple[list, list[float]]:  # type: ignore[no-untyped-def]
+    recordings: list[Recording] | None = None,
+) -> tuple[list, list[float], dict[str, Recording]]:  # type: ignore[no-untyped-def]
     from emomon.services.pipeline import Pipeline
     from emomon.services.settings import load_settings
 
@@ -170,18 +214,18 @@ async def run_parallel(
     for section, fields in (extra or {}).items():
         ov.setdefault(section, {}).update(fields)
     settings = load_settings(overrides=ov, environ={})
-    sessions, scored = replays(n, staggered)
+    sessions, scored = replays(n, staggered, recordings or the_call())
     if not dashboard:
         p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
         stats = await p.run(sessions)  # type: ignore[arg-type]
-        return [e for e in stats.events_list if e.session in scored], stats.sink_ms
+        return [e for e in stats.events_list if e.session in scored], stats.sink_ms, scored
     async with OpenDashboard(settings) as dash:
         p = Pipeline(settings, [dash.sink], transcriber=transcriber, worker=worker)
         stats = await p.run(sessions)  # type: ignore[arg-type]
         pages = dash.hub.pages
     if pages < 1:
         raise SystemExit("the dashboard page was not connected at the end of the run")
-    return [e for e in stats.events_list if e.session in scored], stats.sink_ms
+    return [e for e in stats.events_list if e.session in scored], stats.sink_ms, scored
 
 
 DETECTORS: list = []  # every TurnDetector the sessions create, for their counters
@@ -240,20 +284,19 @@ def turn_counts() -> str:
     return f"{c['frames']}/{c['short']}/{c['long']}/{veto}/{shed}"
 
 
-def quality(events: list) -> tuple[float, float, float]:  # type: ignore[type-arg]
-    """Mean over sessions of speaker-turn agreement with the RTTM and word error rate (STM),
-    scored as the end-to-end test does, so a faster setting shows what it costs; and the worst
-    session's agreement."""
+def quality(events: list, refs: dict[str, Recording]) -> tuple[float, float, float]:  # type: ignore[type-arg]
+    """Mean over sessions of speaker-turn agreement with the reference turns and word error
+    rate, scored as the end-to-end test does, so a faster setting shows what it costs; and the
+    worst session's agreement."""
     sys.path.insert(0, str(ROOT))
-    from tests.helpers.scoring import normalise, read_rttm, read_stm_words, speaker_agreement, wer
+    from tests.helpers.scoring import normalise, speaker_agreement, wer
 
-    turns = read_rttm(CALL.with_suffix(".rttm"))
-    ref = read_stm_words(CALL.with_suffix(".stm"))
     agree, errs = [], []
     for session in sorted({e.session for e in events}):
+        ref = refs[session]
         evs = sorted((e for e in events if e.session == session), key=lambda e: e.start_s)
-        agree.append(speaker_agreement(turns, [(e.start_s, e.end_s, e.speaker) for e in evs]))
-        errs.append(wer(ref, [w for e in evs for w in normalise(e.text or "")]))
+        agree.append(speaker_agreement(ref.turns, [(e.start_s, e.end_s, e.speaker) for e in evs]))
+        errs.append(wer(ref.words, [w for e in evs for w in normalise(e.text or "")]))
     return float(np.mean(agree)), float(np.mean(errs)), float(min(agree))
 
 
@@ -333,6 +376,19 @@ def main() -> int:
         "each S-second stretch of the call (where in the call the tail comes from)",
     )
     ap.add_argument(
+        "--synthetic",
+        type=Path,
+        metavar="RAVDESS_DIR",
+        help="replay synthetic two-actor telephone conversations made from this RAVDESS folder "
+        "(a dev set, as bench_turns.py) instead of the call",
+    )
+    ap.add_argument(
+        "--conversations",
+        type=int,
+        default=24,
+        help="with --synthetic: how many different conversations (default 24)",
+    )
+    ap.add_argument(
         "--dashboard",
         action="store_true",
         help="serve the dashboard and keep its page open in headless Chromium during the runs",
@@ -361,9 +417,22 @@ def main() -> int:
         from emomon.streamer.end_of_turn import shared_end_of_turn
 
         shared_end_of_turn()  # loaded before the clock runs, as the sessions share it
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory()
+    recordings = (
+        synthetic(args.synthetic, args.conversations, Path(tmp.name))
+        if args.synthetic
+        else the_call()
+    )
     print(
         f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}"
     )
+    if args.synthetic:
+        print(
+            f"replaying {len(recordings)} synthetic conversations (RAVDESS actors, telephone band), "
+            f"{np.mean([r.seconds for r in recordings]):.0f} s each on average, not the call"
+        )
     print(
         f"model: {worker.model.model_id}; ASR: {transcriber.model_id}; speakers: {args.speakers}; "
         f"real-time pace, {'staggered starts' if args.staggered else 'all starting together'}; "
@@ -384,9 +453,16 @@ def main() -> int:
             pause = (base.vad.end_of_turn_pause_ms or EOT_ON_PAUSE_MS) if eot else 0
             run_extra = {**extra, "vad": {**extra.get("vad", {}), "end_of_turn_pause_ms": pause}}
         lid0 = lid_counts(transcriber)
-        events, sink_ms = asyncio.run(
+        events, sink_ms, refs = asyncio.run(
             run_parallel(
-                n, transcriber, worker, args.speakers, run_extra, args.dashboard, args.staggered
+                n,
+                transcriber,
+                worker,
+                args.speakers,
+                run_extra,
+                args.dashboard,
+                args.staggered,
+                recordings,
             )
         )
         lat = [e.latency_ms for e in events]
@@ -394,7 +470,7 @@ def main() -> int:
         stage_cols = (
             " ".join(f"{pct(by[s], 95):12.0f}" for s in STAGES) + f" {pct(sink_ms, 95):12.2f}"
         )
-        agree, err, worst = quality(events)
+        agree, err, worst = quality(events, refs)
         print(
             f"{n:<2} {len(events):6d}  {pct(lat, 50):6.0f}  {pct(lat, 95):6.0f}  {agree:5.3f} {err:5.3f}"
             f"  | {' ' * 19}{stage_cols} | {turn_counts()} | {eot_counts()} | {worst:5.3f}"

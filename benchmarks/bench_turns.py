@@ -57,9 +57,20 @@ def telephone(x: np.ndarray) -> np.ndarray:
     return resample_poly(y, 2, 1).astype(np.float32)
 
 
+# RAVDESS file names carry the sentence: 03-01-EE-II-SS-RR-AA, SS = statement
+STATEMENTS = {"01": "Kids are talking by the door.", "02": "Dogs are sitting by the door."}
+
+
+def statement(clip: Path) -> str:
+    """The sentence a RAVDESS clip speaks, from its file name."""
+    return STATEMENTS[clip.stem.split("-")[4]]
+
+
 def conversations(
-    ravdess: Path, n: int, seed: int = 0
+    ravdess: Path, n: int, seed: int = 0, texts: list[list[str]] | None = None
 ) -> list[tuple[np.ndarray, list[tuple[float, float, str]]]]:
+    """``n`` synthetic conversations (audio, reference turns); ``texts``, when given, gains each
+    conversation's sentences in the order spoken."""
     from emomon.model.audio import decode_audio
 
     rng = np.random.default_rng(seed)
@@ -76,6 +87,7 @@ def conversations(
         pieces = [np.zeros(SR, dtype=np.float32)]
         t = 1.0
         turns = []
+        said: list[str] = []
         who = "A"
         for _turn in range(int(rng.integers(7, 11))):
             start = t
@@ -84,7 +96,9 @@ def conversations(
                     gap = float(rng.choice([0.1, 0.2]))
                     pieces.append(np.zeros(int(gap * SR), dtype=np.float32))
                     t += gap
-                x = trim(decode_audio(clips[who][int(rng.integers(len(clips[who])))]))
+                clip = clips[who][int(rng.integers(len(clips[who])))]
+                x = trim(decode_audio(clip))
+                said.append(statement(clip))
                 pieces.append(x)
                 t += x.size / SR
             turns.append((start, t, f"actor{a if who == 'A' else b}"))
@@ -94,6 +108,8 @@ def conversations(
             who = "B" if who == "A" else "A"
         pieces.append(np.zeros(SR, dtype=np.float32))
         out.append((telephone(np.concatenate(pieces)), turns))
+        if texts is not None:
+            texts.append(said)
     return out
 
 
