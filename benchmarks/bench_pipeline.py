@@ -53,6 +53,12 @@ STAGES = ("vad_hangover", "speaker", "asr", "queue", "fusion")
 EOT_ON_PAUSE_MS = 150  # the best trade-off on the synthetic set (benchmarks/bench_end_of_turn.py)
 
 
+def far_factor() -> float:
+    from emomon.streamer.stages import LoadSignal
+
+    return LoadSignal.FAR_FACTOR
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -389,6 +395,14 @@ def main() -> int:
         help="with --synthetic: how many different conversations (default 24)",
     )
     ap.add_argument(
+        "--far-factor",
+        type=float,
+        metavar="X",
+        help="the load level at which every session's turns come from the frames alone "
+        "(streamer/stages.py: LoadSignal.FAR_FACTOR, a lag of X times speakers.change_max_lag_ms; "
+        "default: the code's)",
+    )
+    ap.add_argument(
         "--dashboard",
         action="store_true",
         help="serve the dashboard and keep its page open in headless Chromium during the runs",
@@ -406,6 +420,10 @@ def main() -> int:
     from emomon.streamer.stages import shared_embedder, shared_segmentation
     from emomon.streamer.transcriber import Transcriber
 
+    if args.far_factor is not None:
+        from emomon.streamer.stages import LoadSignal
+
+        LoadSignal.FAR_FACTOR = args.far_factor
     base = load_settings(overrides=extra, environ={})
     transcriber = Transcriber(transcriber_config(base))
     worker = FusionWorker(base.worker)
@@ -436,7 +454,7 @@ def main() -> int:
     print(
         f"model: {worker.model.model_id}; ASR: {transcriber.model_id}; speakers: {args.speakers}; "
         f"real-time pace, {'staggered starts' if args.staggered else 'all starting together'}; "
-        f"settings overrides: {extra or 'none'}; "
+        f"settings overrides: {extra or 'none'}; far-behind factor: {far_factor()}; "
         f"dashboard: {'open in headless Chromium' if args.dashboard else 'off'}\n"
     )
     header = "N  events  p50 ms  p95 ms  agree   WER  | p95 by stage (ms): " + " ".join(
