@@ -1,5 +1,5 @@
 """Language detection cost and accuracy (issue 15.5): Whisper base's language head on the
-10 s detection window (``streamer/language.py``), per utterance, and what the per-stream
+detection window (``streamer/language.py``, 8 s since round 12), per utterance, and what the per-stream
 policy costs on a stream.
 
 Prints, per clip set: utterances, mean / p95 ms per detection call, the share whose top
@@ -94,8 +94,8 @@ def main() -> int:
     ap.add_argument(
         "--windows",
         nargs="+",
-        help="compare detection windows instead (WhisperWindow specs such as 10+0/-23, the "
-        "shipped one, or 6+2/-23): per set, ms per call, top-1 right, mean probability of the "
+        help="compare detection windows instead (WhisperWindow specs such as 8+0/-23, the "
+        "shipped one, 10+0/-23, the one of rounds 7-11, or 6+2/-23): per set, ms per call, top-1 right, mean probability of the "
         "right language; more espeak-ng sentences per language",
     )
     args = ap.parse_args()
@@ -118,7 +118,9 @@ def main() -> int:
         compare_windows(det.model, sets, args.windows)
         tr.close()
         return 0
-    print("detector: Whisper base int8, 1 thread, window max(10 s, speech), first 8 s\n")
+    print(
+        f"detector: Whisper base int8, 1 thread, window {det.window.min_s:g} s, first 8 s of speech\n"
+    )
     det.detect(sets["call"][0][1])  # warm-up
     print(
         f"{'set':<11} {'utts':>4} {'mean s':>6} {'ms mean':>7} {'ms p95':>6} {'top ok':>6} {'en-only ok':>10}"

@@ -12,7 +12,7 @@ was *played* (the real-time clock of the replay), so time spent in a backlog cou
 
     .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
         [--end-of-turn settings|on|off|both] [--set S.F=V ...] [--dashboard] [--staggered]
-        [--by-time S]
+        [--by-time S] [--synthetic RAVDESS_DIR [--conversations 24]] [--far-factor X]
 
 By default the N replays start at the same moment, so every session's utterances end at the same
 instants and reach the ASR together: the worst case for bursts, and mostly the start of a call
@@ -170,10 +170,10 @@ def replays(
 ) -> tuple[list[tuple[str, object]], dict[str, Recording]]:
     """The sessions of one run, and the ones to score with what each replays. In step: ``n``
     replays that start together, session ``j`` playing recording ``j`` (modulo their number).
-    Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a call later, each replaying three
-    calls in a row as three new sessions (new speakers, new language), so calls start and end
-    at the rate ``n`` concurrent calls of this length have; only the middle call of each slot
-    is scored, which runs while all ``n`` slots are busy."""
+    Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a (mean) call later, each
+    replaying three calls back to back as three new sessions (new speakers, new language), so
+    calls start and end at the rate ``n`` concurrent calls of this length have; only the middle
+    call of each slot is scored, which runs while all ``n`` slots are busy."""
     from emomon.streamer.sources.file import FileSource
 
     class LaterSource(FileSource):
@@ -190,13 +190,18 @@ def replays(
         plays = {f"call-{i + 1}": recordings[i % len(recordings)] for i in range(n)}
         sessions = [(name, FileSource(r.path, realtime=True)) for name, r in plays.items()]
         return sessions, plays  # type: ignore[return-value]
-    length = max(r.seconds for r in recordings)
-    slots = [(i, k, recordings[(3 * i + k) % len(recordings)]) for i in range(n) for k in range(3)]
+    slots = [[recordings[(3 * i + k) % len(recordings)] for k in range(3)] for i in range(n)]
+    # slot i starts i/n of a mean call late; each of its calls starts when the one before ends
+    mean = float(np.mean([r.seconds for slot in slots for r in slot]))
     sessions = [
-        (f"slot-{i + 1}-call-{k + 1}", LaterSource(r.path, k * length + i * length / n))
-        for i, k, r in slots
+        (
+            f"slot-{i + 1}-call-{k + 1}",
+            LaterSource(r.path, i * mean / n + sum(p.seconds for p in slot[:k])),
+        )
+        for i, slot in enumerate(slots)
+        for k, r in enumerate(slot)
     ]
-    scored = {f"slot-{i + 1}-call-2": r for i, k, r in slots if k == 1}
+    scored = {f"slot-{i + 1}-call-2": slot[1] for i, slot in enumerate(slots)}
     return sessions, scored  # type: ignore[return-value]
 
 
@@ -420,6 +425,8 @@ def main() -> int:
     from emomon.streamer.stages import shared_embedder, shared_segmentation
     from emomon.streamer.transcriber import Transcriber
 
+    if args.far_factor is not None and args.far_factor <= 0:
+        raise SystemExit("--far-factor must be above 0")
     if args.far_factor is not None:
         from emomon.streamer.stages import LoadSignal
 

@@ -158,7 +158,9 @@ def cut_errors(
 ) -> list[float]:
     """For each reference speaker change (the middle of the gap between two turns of different
     speakers), the distance (s) to the nearest segment boundary of the output (a segment's
-    start after the first); ``inf`` where none lies within ``CUT_SEARCH_S``."""
+    start after the first: a turn cut or a pause); ``inf`` where none lies within
+    ``CUT_SEARCH_S``. Extra boundaries can only bring it closer: read it with the segment
+    count."""
     bounds = np.array([s for s, *_ in out[1:]])
     errs = []
     for (_, end, who), (start, _, nxt) in zip(turns, turns[1:], strict=False):

@@ -299,13 +299,14 @@ class AsrSettings(_Section):
         le=3600.0,
         description="a settled stream's language is measured again after this much speech",
     )
-    lid_window_s: float = Field(
+    lid_window_s: int = Field(
         _ASR.lid_window_s,
-        ge=4.0,
-        le=30.0,
-        description="the language detector's encoder window in seconds (of at most 8 s of "
-        "speech): longer reads short utterances a little better and costs more (8 s: about "
-        "150 ms per measurement on one 2-core-machine thread, 10 s: about 230 ms)",
+        ge=4,
+        le=30,
+        description="the language detector's encoder window in whole seconds (with tiny.en; "
+        "it reads at most 8 s of an utterance, so below 8 this is a minimum): longer reads short "
+        "utterances a little better and costs more (8 s: about 150 ms per measurement on one "
+        "thread of the 2-core build machine, 10 s: about 230 ms)",
     )
     lid_defer_under_load: bool = Field(
         _ASR.lid_defer_under_load,

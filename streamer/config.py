@@ -113,7 +113,7 @@ class TranscriberConfig:
     lid_recheck_s: float = 30.0  # then measured again after this much more of its speech
     # the detector's encoder window (s): 8 costs a third less than the 10 of rounds 7-11 with
     # the same answers on the dev clips (benchmarks/bench_language.py --windows, README)
-    lid_window_s: float = 8.0
+    lid_window_s: int = 8
     # while the process is loaded (utterances waiting at the ASR, turn detection lagging), a
     # stream whose language is clear (StreamLanguage.may_defer) is not measured; false: it is
     # measured whenever the detector is free, as up to round 10

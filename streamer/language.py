@@ -10,9 +10,10 @@ encoder output the transcription computes anyway. With tiny.en it costs one base
 an 8 s window (``DETECT_WINDOW``, ``asr.lid_window_s``, of at most ``DETECT_MAX_S`` of speech)
 plus one decoder step: 0.15-0.17 s per call on the idle 2-core machine, against 0.22-0.25 s for
 the 10 s window of rounds 7-11, with the same answers on the dev clips (RAVDESS, TESS, espeak-ng
-in four languages; ``benchmarks/bench_language.py --windows``). A 4-5 s window is cheaper
-still but reads the short TESS words worse (mean p(en) 0.82-0.89 against 0.97) and calls the
-call's 0.9 s "Hello?" Korean (en 0.07 at 4 s, 0.49 at 10 s, 0.80 at 30 s). It runs per
+in four languages; ``benchmarks/bench_language.py --windows``). Windows of max(4-5 s, speech
++ 1-2 s) are cheaper still but read the short TESS words worse (mean p(en) 0.82-0.89 against
+0.97), and a 4 s window calls the call's 0.9 s "Hello?" Korean (en 0.07 at 4 s, 0.49 at 10 s,
+0.80 at 30 s). It runs per
 *stream*, not per utterance: on each utterance until ``settle_s`` seconds of a stream's speech
 agree, then once every ``recheck_s`` seconds of its speech. Short utterances say little (the
 call's first "Hello." comes out as Korean, p 0.48), so the stream's answer is the
@@ -172,7 +173,7 @@ class LanguageDetector:
     """Whisper base's language head on a short encoder window of one utterance (``window_s``,
     default :data:`DETECT_WINDOW`'s)."""
 
-    def __init__(self, whisper_model: Any, window_s: float | None = None):
+    def __init__(self, whisper_model: Any, window_s: int | None = None):
         self.model = whisper_model
         self.window = (
             DETECT_WINDOW

@@ -184,15 +184,19 @@ def test_the_detection_window_is_a_setting_and_still_hears_english(call_pcm):
     from emomon.streamer.transcriber import Transcriber, TranscriberConfig
 
     speech = call_pcm[int(14.5 * 16000) : int(17.7 * 16000)].astype(np.float32) / 32768.0
-    for window_s in (None, 10.0):
+    for window_s in (None, 10):
         cfg = TranscriberConfig() if window_s is None else TranscriberConfig(lid_window_s=window_s)
         tr = Transcriber(cfg)
         try:
             assert tr.detector is not None
-            assert tr.detector.window.min_s == (window_s or 8.0)
+            assert tr.detector.window.min_s == (window_s or TranscriberConfig().lid_window_s)
             got = tr.detector.detect(speech)
             assert max(got, key=got.__getitem__) == "en" and got["en"] > 0.5
         finally:
             tr.close()
+    from emomon.services.pipeline import transcriber_config
+
+    cfg = transcriber_config(load_settings(overrides={"asr": {"lid_window_s": 10}}, environ={}))
+    assert cfg.lid_window_s == 10  # the setting reaches the transcriber's config
     with pytest.raises(SettingsError, match="lid_window_s"):
         load_settings(overrides={"asr": {"lid_window_s": 2}}, environ={})
