@@ -162,22 +162,21 @@ def main() -> int:
 def compare_windows(model, sets: dict[str, list[tuple[str, np.ndarray]]], specs: list[str]) -> None:
     """Each detection window on every set: ms per call, top-1 right, mean p(right language).
     The call is printed for information; choose on the other sets."""
-    from emomon.model.audio import WhisperWindow, encode_whisper
-    from emomon.streamer.language import DETECT_MAX_S, language_probs
+    from emomon.model.audio import WhisperWindow
+    from emomon.streamer.language import LanguageDetector
 
     print("detector: Whisper base int8, 1 thread, first 8 s of each utterance\n")
     print(
         f"{'window':<10} {'set':<11} {'utts':>4} {'mean s':>6} {'ms mean':>7} {'top ok':>6} {'p right':>7}"
     )
     for spec in specs:
-        window = WhisperWindow.parse(spec)
-        encode_whisper(model, sets["call"][0][1], window)  # warm-up
+        det = LanguageDetector(model, WhisperWindow.parse(spec))
+        det.detect(sets["call"][0][1])  # warm-up
         for name, clips in sets.items():
             ms, ok, p = [], 0, []
             for lang, audio in clips:
                 t0 = time.perf_counter()
-                _, enc, _ = encode_whisper(model, audio[: int(DETECT_MAX_S * 16000)], window)
-                probs = language_probs(model, enc)[0]
+                probs = det.detect(audio)
                 ms.append((time.perf_counter() - t0) * 1000)
                 ok += max(probs, key=probs.__getitem__) == lang
                 p.append(probs.get(lang, 0.0))

@@ -37,8 +37,15 @@ from typing import Any
 import numpy as np
 
 from emomon.model.audio import WhisperWindow, encode_whisper
+from emomon.streamer.config import TranscriberConfig
 
-DETECT_WINDOW = WhisperWindow(min_s=8.0, margin_s=0.0, level_dbfs=-23.0)
+
+def detect_window(seconds: float) -> WhisperWindow:
+    """The detector's encoder window of ``seconds`` (``asr.lid_window_s``)."""
+    return WhisperWindow(min_s=float(seconds), margin_s=0.0, level_dbfs=-23.0)
+
+
+DETECT_WINDOW = detect_window(TranscriberConfig().lid_window_s)
 DETECT_MAX_S = 8.0
 SAMPLE_RATE_HZ = 16_000
 #: evidence fades with this time constant (seconds of measured speech)
@@ -170,16 +177,11 @@ class StreamLanguage:
 
 
 class LanguageDetector:
-    """Whisper base's language head on a short encoder window of one utterance (``window_s``,
-    default :data:`DETECT_WINDOW`'s)."""
+    """Whisper base's language head on a short encoder window of one utterance."""
 
-    def __init__(self, whisper_model: Any, window_s: int | None = None):
+    def __init__(self, whisper_model: Any, window: WhisperWindow = DETECT_WINDOW):
         self.model = whisper_model
-        self.window = (
-            DETECT_WINDOW
-            if window_s is None
-            else WhisperWindow(min_s=window_s, margin_s=0.0, level_dbfs=DETECT_WINDOW.level_dbfs)
-        )
+        self.window = window
         self.calls = 0
         self.seconds = 0.0
 
@@ -248,6 +250,7 @@ class DetectorQueue:
 __all__ = [
     "DetectorQueue",
     "DETECT_WINDOW",
+    "detect_window",
     "LanguageDetector",
     "LanguageGuess",
     "StreamLanguage",

@@ -60,6 +60,7 @@ from emomon.streamer.language import (
     LanguageDetector,
     LanguageGuess,
     StreamLanguage,
+    detect_window,
     language_probs,
 )
 from emomon.streamer.speech_check import pitched_ratio
@@ -118,7 +119,7 @@ class Transcriber:
             )
         # English-only model and no language given: a multilingual model detects it
         self.detector = (
-            LanguageDetector(self._load(cfg.lid_model), cfg.lid_window_s)
+            LanguageDetector(self._load(cfg.lid_model), detect_window(cfg.lid_window_s))
             if cfg.language is None and not self.multilingual
             else None
         )
