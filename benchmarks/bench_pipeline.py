@@ -13,6 +13,7 @@ was *played* (the real-time clock of the replay), so time spent in a backlog cou
     .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
         [--end-of-turn settings|on|off|both] [--set S.F=V ...] [--dashboard] [--staggered]
         [--by-time S] [--synthetic RAVDESS_DIR [--conversations 24]] [--far-factor X]
+        [--per-slot K] [--score-all] [--show-wer-above X]
 
 By default the N replays start at the same moment, so every session's utterances end at the same
 instants and reach the ASR together: the worst case for bursts, and mostly the start of a call
@@ -25,6 +26,11 @@ load-related defaults may be chosen on; the call is the test): two RAVDESS actor
 through a telephone line, as in ``bench_turns.py``; session ``j`` replays conversation ``j``
 (``--conversations`` of them, 24 by default, then again from the first), and agreement and WER
 are scored against each conversation's own turns and sentences.
+
+``--staggered --per-slot K --score-all`` scores every call of every slot; with ``--parallel 1``
+that is K conversations one after the other, one at a time: the N = 1 figure over more than
+one conversation. ``--show-wer-above X`` prints the transcripts of any session whose WER is
+above X (runaway transcripts).
 
 ``--end-of-turn both`` runs each N without the end-of-turn model (``vad.end_of_turn_pause_ms=0``)
 and with it (the settings' pause, or 150 ms where they turn it off), one after the other.
@@ -166,14 +172,19 @@ def synthetic(ravdess: Path, count: int, folder: Path) -> list[Recording]:
 
 
 def replays(
-    n: int, staggered: bool, recordings: list[Recording]
+    n: int,
+    staggered: bool,
+    recordings: list[Recording],
+    per_slot: int = 3,
+    score_all: bool = False,
 ) -> tuple[list[tuple[str, object]], dict[str, Recording]]:
     """The sessions of one run, and the ones to score with what each replays. In step: ``n``
     replays that start together, session ``j`` playing recording ``j`` (modulo their number).
     Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a (mean) call later, each
-    replaying three calls back to back as three new sessions (new speakers, new language), so
+    replaying ``per_slot`` calls back to back as new sessions (new speakers, new language), so
     calls start and end at the rate ``n`` concurrent calls of this length have; only the middle
-    call of each slot is scored, which runs while all ``n`` slots are busy."""
+    call of each slot is scored, which runs while all ``n`` slots are busy (``score_all``:
+    every call, e.g. one slot playing many conversations one after the other)."""
     from emomon.streamer.sources.file import FileSource
 
     class LaterSource(FileSource):
@@ -190,7 +201,10 @@ def replays(
         plays = {f"call-{i + 1}": recordings[i % len(recordings)] for i in range(n)}
         sessions = [(name, FileSource(r.path, realtime=True)) for name, r in plays.items()]
         return sessions, plays  # type: ignore[return-value]
-    slots = [[recordings[(3 * i + k) % len(recordings)] for k in range(3)] for i in range(n)]
+    slots = [
+        [recordings[(per_slot * i + k) % len(recordings)] for k in range(per_slot)]
+        for i in range(n)
+    ]
     # slot i starts i/n of a mean call late; each of its calls starts when the one before ends
     mean = float(np.mean([r.seconds for slot in slots for r in slot]))
     sessions = [
@@ -201,7 +215,12 @@ def replays(
         for i, slot in enumerate(slots)
         for k, r in enumerate(slot)
     ]
-    scored = {f"slot-{i + 1}-call-2": slot[1] for i, slot in enumerate(slots)}
+    scored = {
+        f"slot-{i + 1}-call-{k + 1}": r
+        for i, slot in enumerate(slots)
+        for k, r in enumerate(slot)
+        if score_all or k == per_slot // 2
+    }
     return sessions, scored  # type: ignore[return-value]
 
 
@@ -214,6 +233,8 @@ async def run_parallel(
     dashboard: bool = False,
     staggered: bool = False,
     recordings: list[Recording] | None = None,
+    per_slot: int = 3,
+    score_all: bool = False,
 ) -> tuple[list, list[float], dict[str, Recording]]:  # type: ignore[no-untyped-def]
     from emomon.services.pipeline import Pipeline
     from emomon.services.settings import load_settings
@@ -225,7 +246,7 @@ async def run_parallel(
     for section, fields in (extra or {}).items():
         ov.setdefault(section, {}).update(fields)
     settings = load_settings(overrides=ov, environ={})
-    sessions, scored = replays(n, staggered, recordings or the_call())
+    sessions, scored = replays(n, staggered, recordings or the_call(), per_slot, score_all)
     if not dashboard:
         p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
         stats = await p.run(sessions)  # type: ignore[arg-type]
@@ -308,7 +329,16 @@ def quality(events: list, refs: dict[str, Recording]) -> tuple[float, float, flo
         evs = sorted((e for e in events if e.session == session), key=lambda e: e.start_s)
         agree.append(speaker_agreement(ref.turns, [(e.start_s, e.end_s, e.speaker) for e in evs]))
         errs.append(wer(ref.words, [w for e in evs for w in normalise(e.text or "")]))
+        if SHOW_WER_ABOVE is not None and errs[-1] > SHOW_WER_ABOVE:
+            print(
+                f"   {session} ({ref.path.name}): WER {errs[-1]:.3f}; reference: {' '.join(ref.words)}"
+            )
+            for e in evs:
+                print(f"     {e.start_s:6.2f}-{e.end_s:6.2f} s {e.speaker}: {e.text!r}")
     return float(np.mean(agree)), float(np.mean(errs)), float(min(agree))
+
+
+SHOW_WER_ABOVE: float | None = None  # --show-wer-above
 
 
 def peak_rss_mb(cmd: list[str]) -> float:
@@ -379,6 +409,26 @@ def main() -> int:
         "slots busy) is scored (default: N replays that start at the same moment)",
     )
     ap.add_argument(
+        "--per-slot",
+        type=int,
+        default=3,
+        metavar="K",
+        help="with --staggered: calls each slot replays back to back (default 3)",
+    )
+    ap.add_argument(
+        "--score-all",
+        action="store_true",
+        help="with --staggered: score every call, not only each slot's middle one (e.g. "
+        "--parallel 1 --staggered --per-slot 8 --score-all: eight conversations, one at a time)",
+    )
+    ap.add_argument(
+        "--show-wer-above",
+        type=float,
+        metavar="X",
+        help="print every scored session whose WER is above X, with its reference and each "
+        "event's transcript (to look into runaway transcripts)",
+    )
+    ap.add_argument(
         "--by-time",
         type=int,
         default=0,
@@ -414,6 +464,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     extra = overrides(args.sets)
+    global SHOW_WER_ABOVE
+    SHOW_WER_ABOVE = args.show_wer_above
     eot_runs = {"settings": [None], "on": [True], "off": [False], "both": [False, True]}[
         args.end_of_turn
     ]
@@ -488,6 +540,8 @@ def main() -> int:
                 args.dashboard,
                 args.staggered,
                 recordings,
+                args.per_slot,
+                args.score_all,
             )
         )
         lat = [e.latency_ms for e in events]

@@ -24,6 +24,30 @@ def token_budget(duration_s: float) -> int:
     return int(16 + 10 * duration_s)
 
 
+#: more words than this per second of audio (plus ``RUNAWAY_SLACK_WORDS``) is not speech, it
+#: is a decode that ran away: fast speech is ~5 words a second (see :func:`token_budget`),
+#: conversation 2.5-3 (150-180 words a minute)
+MAX_WORDS_PER_S = 5.0
+RUNAWAY_SLACK_WORDS = 4
+
+
+def trim_runaway(text: str, duration_s: float) -> str:
+    """``text`` cut back to what ``duration_s`` of audio can hold (at its last sentence end
+    within that length, if one lies in its second half), or unchanged when it fits.
+
+    The 30 s fallback decode samples at higher temperatures when the greedy one loops; when
+    every temperature loops too, faster-whisper keeps the best of them, which can repeat one
+    sentence until the decoder's 448-token limit (seen under load on the synthetic
+    conversations: 190 words for 11 s of speech)."""
+    limit = RUNAWAY_SLACK_WORDS + int(MAX_WORDS_PER_S * duration_s)
+    words = text.split()
+    if len(words) <= limit:
+        return text
+    kept = " ".join(words[:limit])
+    end = max(kept.rfind(c) for c in ".!?")
+    return kept[: end + 1] if end >= len(kept) // 2 else kept
+
+
 def looks_looped(text: str, compression_ratio: float) -> bool:
     """A decode that repeats itself: highly compressible text, or one three-word phrase said
     three times or more (real speech of one utterance rarely does; a loop always does)."""

@@ -10,7 +10,9 @@ speech + 8 s) instead of a fixed 30 s), which makes the encoder ~4x cheaper on a
 window can make Whisper repeat itself; the first decode therefore runs greedily with a token
 budget that follows the speech length (it bounds the time a loop can take), and if the text
 looks like a loop (gzip compression ratio above 2.4, or one three-word phrase three times) the
-utterance is decoded again from a full 30 s encoder pass with the usual temperature fallback.
+utterance is decoded again from a full 30 s encoder pass with the usual temperature fallback
+(with the same token budget; a text that still runs away is cut back to the words the speech
+can hold: :func:`~emomon.streamer.asr_decode.trim_runaway`).
 The emotion frames always come from the configured window, so they match the recipe the
 emotion checkpoint was trained with.
 
@@ -51,6 +53,7 @@ from emomon.streamer.asr_decode import (
     decode_group,
     looks_looped,
     token_budget,
+    trim_runaway,
     whisper_options,
 )
 from emomon.streamer.asr_models import SHIPPED_MODEL, AsrModelError, model_folder
@@ -67,6 +70,8 @@ from emomon.streamer.speech_check import pitched_ratio
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
+#: Whisper's decoder holds 448 tokens, the prompt included (a few tokens without a previous text)
+MAX_FULL_TOKENS = 440
 
 
 #: streams whose language state is kept (least recently used are forgotten first)
@@ -131,6 +136,7 @@ class Transcriber:
         self._warned: set[str] = set()
         self._tokenizers: dict[str | None, Any] = {}
         self.fallbacks = 0  # short-window decodes redone at 30 s (see the module docstring)
+        self.trimmed = 0  # ... whose 30 s decode ran away too, cut back to the speech's length
         self.no_speech = 0  # segments marked as noise
         self.foreign = 0  # utterances not decoded: another language than the model's
         self._pending = 0  # transcribe() calls not finished yet (the load, for the beam)
@@ -389,10 +395,26 @@ class Transcriber:
         """faster-whisper's own decode with temperature fallback, one utterance."""
         m = self.model
         tok = self._tokenizer(lang if self.multilingual else None)
-        options = whisper_options(self.config.beam_size, tok, TEMPERATURES, None)
+        seconds = audio.size / SAMPLE_RATE_HZ
+        # the token budget bounds the time a decode that keeps looping at every temperature
+        # can take (it would otherwise run to Whisper's 448 tokens, on a CPU other sessions need)
+        budget = min(token_budget(seconds), MAX_FULL_TOKENS)
+        options = whisper_options(self.config.beam_size, tok, TEMPERATURES, budget)
         view = select_rows(output, [row])
         segments = list(m.generate_segments(features, tok, options, False, view))
         text = " ".join(s.text.strip() for s in segments).strip()
+        trimmed = trim_runaway(text, seconds)
+        if trimmed != text:
+            self.trimmed += 1
+            log.warning(
+                "a transcript of %.1f s of speech ran away (%d words, %d so far this run): "
+                "cut back to %d words",
+                seconds,
+                len(text.split()),
+                self.trimmed,
+                len(trimmed.split()),
+            )
+            text = trimmed
         conf = float(np.exp(np.mean([s.avg_logprob for s in segments]))) if segments else None
         nsp = float(max(s.no_speech_prob for s in segments)) if segments else None
         return text, conf, nsp, False

@@ -1,6 +1,8 @@
 """The ASR pass's encoder frames are exactly what the emotion model was trained on, for every
 encoder window policy; short windows fall back to 30 s when Whisper starts to repeat itself."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -63,5 +65,41 @@ def test_a_looping_short_window_falls_back_to_30_s(call_pcm):
         assert out.text.lower().count("diane") == 1 and "jersey" in out.text.lower()
         ref = whisper_encoder_frames(tr.model, audio, WhisperWindow.parse("1+0"))
         assert out.frames is not None and np.array_equal(out.frames, ref)
+    finally:
+        tr.close()
+
+
+def test_a_runaway_transcript_is_cut_back_to_what_the_speech_can_hold():
+    from emomon.streamer.asr_decode import trim_runaway
+
+    ok = "Dogs are sitting by the door. Kids are talking by the door."
+    assert trim_runaway(ok, 3.0) == ok  # 12 words in 3 s: speech
+    loop = "Dogs are sitting by the door. " * 30  # 180 words, as seen for 11 s under load
+    cut = trim_runaway(loop.strip(), 11.16)
+    assert len(cut.split()) <= 4 + 5 * 11.16 and cut.endswith("door.")
+    assert len(cut.split()) >= 40  # what 11 s of this speech really held stays
+    # no sentence end in the second half: cut at the word limit
+    assert trim_runaway("la " * 100, 1.0) == " ".join(["la"] * 9)
+
+
+def test_the_30_s_decode_is_bounded_and_a_runaway_is_cut_back(call_pcm, monkeypatch, caplog):
+    """When every temperature of the 30 s fallback loops, faster-whisper keeps the best of
+    them; the decode gets the speech's token budget and the text what the speech can hold."""
+    tr = Transcriber(TranscriberConfig(encoder_window="full"))
+    try:
+        audio = _clip(call_pcm, 12.5, 14.3)  # 1.8 s: at most 4 + 9 words
+        seen = {}
+        real = tr.model.generate_segments
+
+        def looping(features, tokenizer, options, log_progress, encoder_output):
+            seen["budget"] = options.max_new_tokens
+            segs = list(real(features, tokenizer, options, log_progress, encoder_output))
+            return [dataclasses.replace(s, text=" This is Diane." * 40) for s in segs]
+
+        monkeypatch.setattr(tr.model, "generate_segments", looping)
+        out = tr.transcribe_sync(audio)
+        assert seen["budget"] == 16 + int(10 * audio.size / 16000)
+        assert out.text.startswith("This is Diane.") and len(out.text.split()) <= 13
+        assert tr.trimmed == 1 and "ran away" in caplog.text
     finally:
         tr.close()
