@@ -27,9 +27,9 @@ through a telephone line, as in ``bench_turns.py``; session ``j`` replays conver
 (``--conversations`` of them, 24 by default, then again from the first), and agreement and WER
 are scored against each conversation's own turns and sentences.
 
-``--staggered --per-slot K --score-all`` scores every call of every slot; with ``--parallel 1``
-that is K conversations one after the other, one at a time: the N = 1 figure over more than
-one conversation. ``--show-wer-above X`` prints the transcripts of any session whose WER is
+``--staggered --per-slot K --score-all`` scores every call of every slot; with ``--parallel 1
+--synthetic`` that is K different conversations, each starting when the one before has been
+played: the N = 1 figure over more than one conversation. ``--show-wer-above X`` prints the transcripts of any session whose WER is
 above X (runaway transcripts).
 
 ``--end-of-turn both`` runs each N without the end-of-turn model (``vad.end_of_turn_pause_ms=0``)
@@ -183,8 +183,9 @@ def replays(
     Staggered: ``n`` slots, slot ``i`` starting ``i / n`` of a (mean) call later, each
     replaying ``per_slot`` calls back to back as new sessions (new speakers, new language), so
     calls start and end at the rate ``n`` concurrent calls of this length have; only the middle
-    call of each slot is scored, which runs while all ``n`` slots are busy (``score_all``:
-    every call, e.g. one slot playing many conversations one after the other)."""
+    call of each slot is scored (``per_slot // 2``; with 3 or more calls it runs while all ``n``
+    slots are busy); ``score_all``: every call, e.g. one slot playing many conversations one
+    after the other."""
     from emomon.streamer.sources.file import FileSource
 
     class LaterSource(FileSource):
@@ -324,7 +325,7 @@ def quality(events: list, refs: dict[str, Recording]) -> tuple[float, float, flo
     from tests.helpers.scoring import normalise, speaker_agreement, wer
 
     agree, errs = [], []
-    for session in sorted({e.session for e in events}):
+    for session in sorted(refs):  # a scored session without events scores 0 / WER 1
         ref = refs[session]
         evs = sorted((e for e in events if e.session == session), key=lambda e: e.start_s)
         agree.append(speaker_agreement(ref.turns, [(e.start_s, e.end_s, e.speaker) for e in evs]))
@@ -405,8 +406,8 @@ def main() -> int:
         "--staggered",
         action="store_true",
         help="calls that do not start together: N slots, slot i starting i/N of a call later, "
-        "each replaying the call 3 times as 3 new sessions; only each slot's middle call (all N "
-        "slots busy) is scored (default: N replays that start at the same moment)",
+        "each replaying --per-slot calls back to back as new sessions; only each slot's middle "
+        "call (all N slots busy) is scored (default: N replays that start at the same moment)",
     )
     ap.add_argument(
         "--per-slot",
@@ -419,7 +420,8 @@ def main() -> int:
         "--score-all",
         action="store_true",
         help="with --staggered: score every call, not only each slot's middle one (e.g. "
-        "--parallel 1 --staggered --per-slot 8 --score-all: eight conversations, one at a time)",
+        "--synthetic DIR --parallel 1 --staggered --per-slot 8 --score-all: eight different "
+        "conversations, each starting when the one before has been played)",
     )
     ap.add_argument(
         "--show-wer-above",
@@ -479,6 +481,10 @@ def main() -> int:
 
     if args.far_factor is not None and args.far_factor <= 0:
         raise SystemExit("--far-factor must be above 0")
+    if args.per_slot < 1:
+        raise SystemExit("--per-slot must be at least 1")
+    if not args.staggered and (args.per_slot != 3 or args.score_all):
+        raise SystemExit("--per-slot and --score-all go with --staggered")
     if args.far_factor is not None:
         from emomon.streamer.stages import LoadSignal
 

@@ -19,8 +19,9 @@ LOOP_COMPRESSION_RATIO = 2.4
 
 
 def token_budget(duration_s: float) -> int:
-    """A bound on the tokens of a first decode of ``duration_s`` of speech (fast speech is ~5
-    words, ~7 tokens, per second): it only bounds the time a decode that loops can take."""
+    """A bound on the tokens of a short-window decode of ``duration_s`` of speech, and of its
+    30 s redo when it looped (fast English speech is ~5 words, ~7 tokens, per second): it only
+    bounds the time a decode that loops can take."""
     return int(16 + 10 * duration_s)
 
 
@@ -31,21 +32,27 @@ MAX_WORDS_PER_S = 5.0
 RUNAWAY_SLACK_WORDS = 4
 
 
-def trim_runaway(text: str, duration_s: float) -> str:
-    """``text`` cut back to what ``duration_s`` of audio can hold (at its last sentence end
-    within that length, if one lies in its second half), or unchanged when it fits.
+_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)")
 
-    The 30 s fallback decode samples at higher temperatures when the greedy one loops; when
-    every temperature loops too, faster-whisper keeps the best of them, which can repeat one
-    sentence until the decoder's 448-token limit (seen under load on the synthetic
-    conversations: 190 words for 11 s of speech)."""
+
+def trim_runaway(text: str, duration_s: float) -> str:
+    """``text`` cut back to what ``duration_s`` of audio can hold, or unchanged when it fits.
+    The cut is at the last sentence end within that length when one lies in its second half,
+    else at the word limit. Words are counted between spaces, so text in a script written
+    without them is never cut (the token budget still bounds it).
+
+    For the 30 s fallback decode only, and only when its text still looks like a loop: the
+    fallback samples at higher temperatures when the greedy decode loops; when every
+    temperature loops too, faster-whisper keeps the best of them, which can repeat one sentence
+    dozens of times (seen under load on the synthetic conversations: 192 words for 11.2 s of
+    speech)."""
     limit = RUNAWAY_SLACK_WORDS + int(MAX_WORDS_PER_S * duration_s)
     words = text.split()
     if len(words) <= limit:
         return text
     kept = " ".join(words[:limit])
-    end = max(kept.rfind(c) for c in ".!?")
-    return kept[: end + 1] if end >= len(kept) // 2 else kept
+    ends = [m.end() for m in _SENTENCE_END.finditer(kept)]
+    return kept[: ends[-1]] if ends and ends[-1] > len(kept) // 2 else kept
 
 
 def looks_looped(text: str, compression_ratio: float) -> bool:

@@ -11,8 +11,8 @@ window can make Whisper repeat itself; the first decode therefore runs greedily 
 budget that follows the speech length (it bounds the time a loop can take), and if the text
 looks like a loop (gzip compression ratio above 2.4, or one three-word phrase three times) the
 utterance is decoded again from a full 30 s encoder pass with the usual temperature fallback
-(with the same token budget; a text that still runs away is cut back to the words the speech
-can hold: :func:`~emomon.streamer.asr_decode.trim_runaway`).
+(with the same token budget; a text that still loops is cut back to the words the speech can
+hold: :func:`~emomon.streamer.asr_decode.trim_runaway`).
 The emotion frames always come from the configured window, so they match the recipe the
 emotion checkpoint was trained with.
 
@@ -70,7 +70,8 @@ from emomon.streamer.speech_check import pitched_ratio
 from emomon.streamer.utterance import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
-#: Whisper's decoder holds 448 tokens, the prompt included (a few tokens without a previous text)
+#: a bound on the redo's token budget: Whisper's decoder holds 448 tokens, the prompt (2-4
+#: tokens, no previous text) included; only audio over 42 s would reach it
 MAX_FULL_TOKENS = 440
 
 
@@ -381,7 +382,7 @@ class Transcriber:
                     self.fallbacks += 1
                     _, full_output, _ = encode_whisper(self.model, audios[j], FULL_WINDOW)
                     text, conf, nsp, _ = self._decode_full(
-                        audios[j], encoded[j].features, full_output, 0, lang
+                        audios[j], encoded[j].features, full_output, 0, lang, fallback=True
                     )
                     results[j] = (text, conf, nsp, True)
                 else:
@@ -390,31 +391,44 @@ class Transcriber:
         return [r for r in results if r is not None]
 
     def _decode_full(
-        self, audio: np.ndarray, features: np.ndarray, output: Any, row: int, lang: str
+        self,
+        audio: np.ndarray,
+        features: np.ndarray,
+        output: Any,
+        row: int,
+        lang: str,
+        fallback: bool = False,
     ) -> tuple[str, float | None, float | None, bool]:
-        """faster-whisper's own decode with temperature fallback, one utterance."""
+        """faster-whisper's own decode with temperature fallback, one utterance: the decode of
+        the ``full`` window, or (``fallback``) the redo of a short-window decode that looped."""
         m = self.model
         tok = self._tokenizer(lang if self.multilingual else None)
         seconds = audio.size / SAMPLE_RATE_HZ
-        # the token budget bounds the time a decode that keeps looping at every temperature
-        # can take (it would otherwise run to Whisper's 448 tokens, on a CPU other sessions need)
-        budget = min(token_budget(seconds), MAX_FULL_TOKENS)
+        # A redo gets the first decode's token budget: it bounds the time a decode that keeps
+        # looping at every temperature can take from the other sessions. (A plain full-window
+        # decode keeps Whisper's own limit: scripts with many tokens per word need it.)
+        budget = min(token_budget(seconds), MAX_FULL_TOKENS) if fallback else None
         options = whisper_options(self.config.beam_size, tok, TEMPERATURES, budget)
         view = select_rows(output, [row])
         segments = list(m.generate_segments(features, tok, options, False, view))
         text = " ".join(s.text.strip() for s in segments).strip()
-        trimmed = trim_runaway(text, seconds)
-        if trimmed != text:
-            self.trimmed += 1
-            log.warning(
-                "a transcript of %.1f s of speech ran away (%d words, %d so far this run): "
-                "cut back to %d words",
-                seconds,
-                len(text.split()),
-                self.trimmed,
-                len(trimmed.split()),
-            )
-            text = trimmed
+        # A redo that still loops at every temperature: faster-whisper kept the best of them,
+        # which may repeat one sentence far beyond the speech (trim_runaway).
+        from faster_whisper.transcribe import get_compression_ratio
+
+        if fallback and text and looks_looped(text, get_compression_ratio(text)):
+            trimmed = trim_runaway(text, seconds)
+            if trimmed != text:
+                self.trimmed += 1
+                log.warning(
+                    "a transcript of %.1f s of speech ran away (%d words, %d so far this run): "
+                    "cut back to %d words",
+                    seconds,
+                    len(text.split()),
+                    self.trimmed,
+                    len(trimmed.split()),
+                )
+                text = trimmed
         conf = float(np.exp(np.mean([s.avg_logprob for s in segments]))) if segments else None
         nsp = float(max(s.no_speech_prob for s in segments)) if segments else None
         return text, conf, nsp, False

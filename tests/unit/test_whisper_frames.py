@@ -24,7 +24,7 @@ def test_transcriber_frames_equal_model_recipe(call_pcm, window):
         ref = whisper_encoder_frames(tr.model, audio, WhisperWindow.parse(window))
         assert out.frames is not None and out.frames.shape == ref.shape == (80, 384)
         assert np.array_equal(out.frames, ref)
-        assert out.frames_window == window and not out.fallback
+        assert out.frames_window == window and not out.fallback and tr.trimmed == 0
         assert "know" in out.text.lower()
         if window != "full":  # another window, other frames: the recipe must be recorded
             full = whisper_encoder_frames(tr.model, audio, FULL_WINDOW)
@@ -74,32 +74,54 @@ def test_a_runaway_transcript_is_cut_back_to_what_the_speech_can_hold():
 
     ok = "Dogs are sitting by the door. Kids are talking by the door."
     assert trim_runaway(ok, 3.0) == ok  # 12 words in 3 s: speech
-    loop = "Dogs are sitting by the door. " * 30  # 180 words, as seen for 11 s under load
-    cut = trim_runaway(loop.strip(), 11.16)
-    assert len(cut.split()) <= 4 + 5 * 11.16 and cut.endswith("door.")
+    assert trim_runaway(ok, 1.6) == ok  # exactly at the limit (4 + 8 words)
+    loop = "Dogs are sitting by the door. " * 32  # 192 words, as seen for 11.2 s under load
+    cut = trim_runaway(loop.strip(), 11.2)
+    assert len(cut.split()) <= 4 + 5 * 11.2 and cut.endswith("door.")
     assert len(cut.split()) >= 40  # what 11 s of this speech really held stays
-    # no sentence end in the second half: cut at the word limit
-    assert trim_runaway("la " * 100, 1.0) == " ".join(["la"] * 9)
+    # the last sentence end lies in the first half: cut at the word limit instead
+    assert trim_runaway("Yes. " + "la " * 100, 1.0) == "Yes. " + " ".join(["la"] * 8)
+    # a full stop inside a number is not a sentence end
+    assert trim_runaway("it was 3.5 " + "la " * 20, 1.0).split()[-1] == "la"
+    # no spaces, no words to count: left to the token budget
+    assert trim_runaway("\u3042" * 500, 1.0) == "\u3042" * 500
 
 
-def test_the_30_s_decode_is_bounded_and_a_runaway_is_cut_back(call_pcm, monkeypatch, caplog):
-    """When every temperature of the 30 s fallback loops, faster-whisper keeps the best of
-    them; the decode gets the speech's token budget and the text what the speech can hold."""
-    tr = Transcriber(TranscriberConfig(encoder_window="full"))
+def test_a_30_s_redo_that_still_loops_is_bounded_and_cut_back(call_pcm, monkeypatch, caplog):
+    """When every temperature of the 30 s redo of a looping short-window decode loops too,
+    faster-whisper keeps the best of them; the redo gets the speech's token budget and its
+    text what the speech can hold. A plain full-window decode gets neither."""
+    import logging
+
+    from emomon.streamer.asr_decode import token_budget
+
+    tr = Transcriber(TranscriberConfig(encoder_window="1+0"))  # loops on this clip (above)
     try:
         audio = _clip(call_pcm, 12.5, 14.3)  # 1.8 s: at most 4 + 9 words
-        seen = {}
+        seen = []
         real = tr.model.generate_segments
 
         def looping(features, tokenizer, options, log_progress, encoder_output):
-            seen["budget"] = options.max_new_tokens
+            seen.append(options.max_new_tokens)
             segs = list(real(features, tokenizer, options, log_progress, encoder_output))
+            assert segs, "the real decode gave no segment"
             return [dataclasses.replace(s, text=" This is Diane." * 40) for s in segs]
 
         monkeypatch.setattr(tr.model, "generate_segments", looping)
-        out = tr.transcribe_sync(audio)
-        assert seen["budget"] == 16 + int(10 * audio.size / 16000)
+        with caplog.at_level(logging.WARNING, logger="emomon.streamer.transcriber"):
+            out = tr.transcribe_sync(audio)
+        assert out.fallback and seen == [token_budget(audio.size / 16000)]
         assert out.text.startswith("This is Diane.") and len(out.text.split()) <= 13
         assert tr.trimmed == 1 and "ran away" in caplog.text
     finally:
         tr.close()
+    full = Transcriber(TranscriberConfig(encoder_window="full"))
+    try:
+        seen.clear()
+        real = full.model.generate_segments
+        monkeypatch.setattr(full.model, "generate_segments", looping)
+        out = full.transcribe_sync(audio)
+        assert seen == [None] and full.trimmed == 0  # Whisper's own limit, text as decoded
+        assert out.text.count("Diane") == 40
+    finally:
+        full.close()
