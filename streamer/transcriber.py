@@ -360,7 +360,7 @@ class Transcriber:
             return []
         if self.window.spec == "full":
             return [
-                self._decode_full(a, e.features, groups[e.group], e.row, lang)
+                self._decode_full(a, e.features, groups[e.group], e.row, lang, beam=beam)
                 for a, e, lang in zip(audios, encoded, langs, strict=True)
             ]
         results: list[tuple[str, float | None, float | None, bool] | None] = [None] * len(audios)
@@ -398,9 +398,11 @@ class Transcriber:
         row: int,
         lang: str,
         fallback: bool = False,
+        beam: int | None = None,
     ) -> tuple[str, float | None, float | None, bool]:
         """faster-whisper's own decode with temperature fallback, one utterance: the decode of
-        the ``full`` window, or (``fallback``) the redo of a short-window decode that looped."""
+        the ``full`` window (with the adaptive ``beam``), or (``fallback``) the redo of a
+        short-window decode that looped (with ``asr.beam_size``)."""
         m = self.model
         tok = self._tokenizer(lang if self.multilingual else None)
         seconds = audio.size / SAMPLE_RATE_HZ
@@ -408,7 +410,7 @@ class Transcriber:
         # looping at every temperature can take from the other sessions. (A plain full-window
         # decode keeps Whisper's own limit: scripts with many tokens per word need it.)
         budget = min(token_budget(seconds), MAX_FULL_TOKENS) if fallback else None
-        options = whisper_options(self.config.beam_size, tok, TEMPERATURES, budget)
+        options = whisper_options(beam or self.config.beam_size, tok, TEMPERATURES, budget)
         view = select_rows(output, [row])
         segments = list(m.generate_segments(features, tok, options, False, view))
         text = " ".join(s.text.strip() for s in segments).strip()

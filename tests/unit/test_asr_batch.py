@@ -86,3 +86,24 @@ def test_the_beam_narrows_under_load(call_utterances):
         assert tr.beams == {5: 1, 1: 2}  # two at once: greedy
     finally:
         tr.close()
+
+
+def test_the_full_window_decode_narrows_its_beam_under_load_too(call_utterances, monkeypatch):
+    tr = Transcriber(
+        TranscriberConfig(encoder_window="full", language="en", beam_size=5, busy_beam_size=1)
+    )
+    try:
+        used = []
+        real = tr.model.generate_segments
+
+        def spy(features, tokenizer, options, log_progress, encoder_output):
+            used.append(options.beam_size)
+            return real(features, tokenizer, options, log_progress, encoder_output)
+
+        monkeypatch.setattr(tr.model, "generate_segments", spy)
+        alone = tr.transcribe_sync(call_utterances[0])
+        tr.transcribe_batch_sync(call_utterances[1:3], [None, None])
+        assert used == [5, 1, 1] and tr.beams == {5: 1, 1: 2}
+        assert alone.text
+    finally:
+        tr.close()
