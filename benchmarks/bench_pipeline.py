@@ -171,6 +171,43 @@ def synthetic(ravdess: Path, count: int, folder: Path) -> list[Recording]:
     return out
 
 
+CPU: list = []  # (CPU s by thread kind, wall s) of the last run, for --cpu-by-thread
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each live thread of this process: tid -> (kind, seconds). A Python
+    thread's kind is its name without the number (``asr``: the ASR pool, feature extraction
+    and waiting on CTranslate2; ``lid``: the language detector's; ``fusion``: the worker;
+    ``asyncio``: ``asyncio.to_thread`` workers, i.e. turn detection (CAM++, segmentation) and
+    speaker labelling; ``MainThread``: the event loop, VAD, sinks); ``native`` is every thread
+    no Python code runs in: CTranslate2's compute threads (ASR and language detector)."""
+    import os
+    import re
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # fields 3.. of proc(5): utime, stime = 14, 15
+        name = names.get(int(tid))
+        kind = "native" if name is None else re.sub(r"_\d+$", "", name)
+        out[int(tid)] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_kind(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per thread kind since ``before`` (threads that ended meanwhile are lost)."""
+    out: dict[str, float] = {}
+    for tid, (kind, secs) in thread_cpu().items():
+        out[kind] = out.get(kind, 0.0) + secs - before.get(tid, (kind, 0.0))[1]
+    return out
+
+
 def replays(
     n: int,
     staggered: bool,
@@ -250,7 +287,9 @@ async def run_parallel(
     sessions, scored = replays(n, staggered, recordings or the_call(), per_slot, score_all)
     if not dashboard:
         p = Pipeline(settings, [], transcriber=transcriber, worker=worker)
+        before, t0 = thread_cpu(), time.perf_counter()
         stats = await p.run(sessions)  # type: ignore[arg-type]
+        CPU[:] = [(cpu_by_kind(before), time.perf_counter() - t0)]
         return [e for e in stats.events_list if e.session in scored], stats.sink_ms, scored
     async with OpenDashboard(settings) as dash:
         p = Pipeline(settings, [dash.sink], transcriber=transcriber, worker=worker)
@@ -431,6 +470,12 @@ def main() -> int:
         "event's transcript (to look into runaway transcripts)",
     )
     ap.add_argument(
+        "--cpu-by-thread",
+        action="store_true",
+        help="also print each run's CPU seconds by thread kind (ASR pool, CTranslate2's own "
+        "threads, turn detection, worker, event loop; see thread_cpu)",
+    )
+    ap.add_argument(
         "--by-time",
         type=int,
         default=0,
@@ -568,6 +613,15 @@ def main() -> int:
                 f"   language detector: {calls:.0f} calls ({secs:.1f} s); {skipped:.0f} "
                 f"utterances not measured ({deferred:.0f} put off by load with the detector free)"
             )
+        if args.cpu_by_thread and CPU:
+            kinds, wall = CPU[0]
+            total = sum(kinds.values())
+            parts = ", ".join(
+                f"{k} {v:.1f} ({100 * v / total:.0f} %)"
+                for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])
+                if v >= 0.05
+            )
+            print(f"   CPU s by thread: {parts}; {total:.1f} s in {wall:.1f} s of wall time")
         if args.by_time:
             # every session replays the same call in step: where in the call is the tail?
             for lo in range(0, int(max(e.end_s for e in events)) + 1, args.by_time):
