@@ -13,7 +13,7 @@ was *played* (the real-time clock of the replay), so time spent in a backlog cou
     .venv/bin/python benchmarks/bench_pipeline.py [--parallel 1 2 4 6] [--no-rss] [--per-utterance]
         [--end-of-turn settings|on|off|both] [--set S.F=V ...] [--dashboard] [--staggered]
         [--by-time S] [--synthetic RAVDESS_DIR [--conversations 24]] [--far-factor X]
-        [--per-slot K] [--score-all] [--show-wer-above X]
+        [--per-slot K] [--score-all] [--show-wer-above X] [--cpu-by-thread]
 
 By default the N replays start at the same moment, so every session's utterances end at the same
 instants and reach the ASR together: the worst case for bursts, and mostly the start of a call
@@ -29,8 +29,9 @@ are scored against each conversation's own turns and sentences.
 
 ``--staggered --per-slot K --score-all`` scores every call of every slot; with ``--parallel 1
 --synthetic`` that is K different conversations, each starting when the one before has been
-played: the N = 1 figure over more than one conversation. ``--show-wer-above X`` prints the transcripts of any session whose WER is
-above X (runaway transcripts).
+played: the N = 1 figure over more than one conversation. ``--show-wer-above X`` prints the
+transcripts of any session whose WER is above X (runaway transcripts); ``--cpu-by-thread`` each
+run's CPU seconds by thread kind (:func:`thread_cpu`).
 
 ``--end-of-turn both`` runs each N without the end-of-turn model (``vad.end_of_turn_pause_ms=0``)
 and with it (the settings' pause, or 150 ms where they turn it off), one after the other.
@@ -43,10 +44,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
+import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -181,10 +185,6 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
     ``asyncio``: ``asyncio.to_thread`` workers, i.e. turn detection (CAM++, segmentation) and
     speaker labelling; ``MainThread``: the event loop, VAD, sinks); ``native`` is every thread
     no Python code runs in: CTranslate2's compute threads (ASR and language detector)."""
-    import os
-    import re
-    import threading
-
     tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in threading.enumerate()}
     out = {}
@@ -554,7 +554,7 @@ def main() -> int:
         else the_call()
     )
     print(
-        f"machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}"
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
     if args.synthetic:
         print(

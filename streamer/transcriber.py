@@ -403,6 +403,8 @@ class Transcriber:
         """faster-whisper's own decode with temperature fallback, one utterance: the decode of
         the ``full`` window (with the adaptive ``beam``), or (``fallback``) the redo of a
         short-window decode that looped (with ``asr.beam_size``)."""
+        from faster_whisper.transcribe import get_compression_ratio
+
         m = self.model
         tok = self._tokenizer(lang if self.multilingual else None)
         seconds = audio.size / SAMPLE_RATE_HZ
@@ -416,8 +418,6 @@ class Transcriber:
         text = " ".join(s.text.strip() for s in segments).strip()
         # A redo that still loops at every temperature: faster-whisper kept the best of them,
         # which may repeat one sentence far beyond the speech (trim_runaway).
-        from faster_whisper.transcribe import get_compression_ratio
-
         if fallback and text and looks_looped(text, get_compression_ratio(text)):
             trimmed = trim_runaway(text, seconds)
             if trimmed != text:
