@@ -19,6 +19,7 @@ changes what the pipeline runs. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -81,7 +82,10 @@ def quantise(fp32: Path, out: Path, calibration: list[np.ndarray], keep: tuple[i
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    # ONNX Runtime's pre-processing writes temporary files (an inferred graph, its external
+    # weights) into the working folder: keep them beside the output, not in the checkout
+    with contextlib.chdir(out.parent):
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
     first, last = keep
     excluded = convs[:first] + (convs[-last:] if last else [])
@@ -94,18 +98,19 @@ def quantise(fp32: Path, out: Path, calibration: list[np.ndarray], keep: tuple[i
             x = next(self.items, None)
             return None if x is None else {"x": x}
 
-    quantize_static(
-        str(pre),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=["Conv"],
-        nodes_to_exclude=excluded,
-    )
+    with contextlib.chdir(out.parent):
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=excluded,
+        )
 
 
 def ms_per_window(sess, feats: np.ndarray, repeats: int = 40) -> float:  # type: ignore[no-untyped-def]
